@@ -1,0 +1,1 @@
+//! `newc` cpio archives for the guest's initramfs.
