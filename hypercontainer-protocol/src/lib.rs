@@ -1,1 +1,123 @@
-//! Placeholder.
+//! The protocol between a HyperContainer host and its in-VM agent.
+//!
+//! One module shared by both sides, so that they cannot drift: the
+//! [`Message`] types, their binary [`codec`], the framing and the
+//! [`PROTOCOL_VERSION`].
+//!
+//! # Transport
+//!
+//! Inside a VM, the agent (PID 1) connects over `AF_VSOCK` to the host
+//! (CID [`HOST_CID`]) on port [`AGENT_VSOCK_PORT`]; one stream connection
+//! carries everything. In host-tier tests the agent is given an already
+//! connected stream socket instead. All processes and their stdio streams
+//! are multiplexed over that one connection, keyed by a [`ProcessId`] the
+//! host chooses.
+//!
+//! # Frames
+//!
+//! `len: u32 LE`, then `len` bytes: a type byte and the payload. `len` is
+//! between 1 and [`MAX_FRAME_LEN`] (1 MiB); see [`codec`] for the payload
+//! encoding. A frame that is oversized, truncated, of unknown type or with a
+//! malformed payload is a [`codec::Error`]: the receiver reports it (the
+//! agent sends [`Message::Error`] of kind [`ErrorKind::Protocol`]) and
+//! closes the connection. Decoding never panics on any input.
+//!
+//! Why a hand-written binary payload rather than JSON: the hot messages are
+//! stdio chunks, which stay raw bytes (no escaping or base64); the agent
+//! needs no serialization framework, which keeps the static binary small;
+//! and every length is checked against the frame before allocation, so the
+//! decoder's cost is bounded by the frame size and easy to fuzz.
+//!
+//! # Conversation
+//!
+//! 1. The agent connects and sends [`Message::Hello`], then a
+//!    [`Message::BootStage`] for [`BootStage::AgentStart`]. The host answers
+//!    with its own [`Message::Hello`]. A version mismatch ends the
+//!    connection with an [`ErrorKind::Version`] error.
+//! 2. The host sends [`Message::Start`]. The agent builds the root
+//!    filesystem and moves into it ([`BootStage::RootfsReady`]), then starts
+//!    the main process: [`BootStage::ProcessExec`] and [`Message::Started`],
+//!    or [`Message::Error`] with the process id followed by
+//!    [`Message::Exited`] with [`ErrorKind::exit_status`] (127 for an
+//!    executable not found, 126 when not executable, 125 for a bad user,
+//!    working directory, root filesystem or other setup failure).
+//! 3. While the main process runs, the host may send [`Message::Exec`]
+//!    (another process, same lifecycle as the main one), [`Message::Stdin`],
+//!    [`Message::CloseStdin`], [`Message::Signal`] and
+//!    [`Message::ResizeTty`]; the agent sends [`Message::Stdout`],
+//!    [`Message::Stderr`], [`Message::StdinAck`] and, when a process ends
+//!    and its output has been sent, [`Message::Exited`] (exit code, or
+//!    128 + signal number). Messages for a process that already ended are
+//!    ignored; for an id never used they get an [`ErrorKind::InvalidRequest`]
+//!    error without id.
+//! 4. When the main process ends, the agent kills the remaining processes,
+//!    reports their exits, sends the main process's [`Message::Exited`],
+//!    flushes the connection, syncs the filesystems and powers the VM off.
+//!
+//! # Back-pressure
+//!
+//! - Agent to host: the agent keeps a bounded output queue
+//!   ([`AGENT_OUTPUT_QUEUE`]); while it is full, it stops reading the
+//!   processes' output, so a host that reads slowly slows the processes
+//!   down (they block writing to their pipe) instead of growing memory.
+//!   The host must read the connection continuously (it may buffer per
+//!   process, or apply its own limits).
+//! - Host to agent: stdin is credit-based, per process. The host may have
+//!   at most [`STDIN_WINDOW`] bytes of a process's stdin sent and not yet
+//!   acknowledged by [`Message::StdinAck`]; the agent acknowledges bytes as
+//!   they are written into the process. A process that does not read its
+//!   stdin therefore never blocks the connection (signals and other
+//!   processes still get through). Exceeding the window is a protocol error.
+//!
+//! # Example
+//!
+//! ```
+//! use hypercontainer_protocol::{codec, Message, Hello};
+//!
+//! let mut wire = Vec::new();
+//! codec::write_message(&mut wire, &Message::Hello(Hello::new("host"))).unwrap();
+//! codec::write_message(&mut wire, &Message::Signal { id: 1, signal: 15 }).unwrap();
+//!
+//! let mut reader = &wire[..];
+//! assert!(matches!(codec::read_message(&mut reader).unwrap(), Some(Message::Hello(_))));
+//! assert_eq!(
+//!     codec::read_message(&mut reader).unwrap(),
+//!     Some(Message::Signal { id: 1, signal: 15 })
+//! );
+//! assert_eq!(codec::read_message(&mut reader).unwrap(), None);
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{Error, FrameDecoder, Result};
+pub use message::{
+    BootStage, ErrorKind, Hello, Message, Process, ProcessId, Rlimit, RlimitResource, Rootfs,
+    Start, Upper, WindowSize,
+};
+
+/// Version of this protocol; both sides must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent connects to on the host.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The vsock context id of the host (`VMADDR_CID_HOST`).
+pub const HOST_CID: u32 = 2;
+
+/// Maximum length of a frame body (type byte and payload).
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// Largest data chunk the agent puts in one [`Message::Stdout`] or
+/// [`Message::Stderr`]; hosts should use it for [`Message::Stdin`] too.
+pub const MAX_DATA_CHUNK: usize = 32 * 1024;
+
+/// Per-process stdin credit: bytes the host may have in flight before an
+/// acknowledgement.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
+
+/// Bytes of encoded output the agent queues for the connection before it
+/// stops reading process output.
+pub const AGENT_OUTPUT_QUEUE: usize = 256 * 1024;

@@ -1,0 +1,513 @@
+//! The messages exchanged by the host and the agent.
+//!
+//! Every message travels in one frame (see [`crate::codec`]); the type byte
+//! of each variant is given by [`Message::type_code`]. Field order in the
+//! docs below is also the order on the wire.
+
+/// Identifier of one process (and of its stdio streams) in a sandbox.
+///
+/// Chosen by the host in [`Start`] and [`Exec`]; unique for the life of the
+/// connection (an id is never reused, even after the process exited).
+pub type ProcessId = u32;
+
+/// Version handshake, sent once by each side as its first message.
+///
+/// Wire: `version: u32`, `software: string`.
+///
+/// The agent sends its `Hello` as soon as it is connected; the host answers
+/// with its own before sending anything else. A frame whose version differs
+/// from [`crate::PROTOCOL_VERSION`] does not decode (it is
+/// [`crate::Error::VersionMismatch`]); the agent then reports a
+/// [`ErrorKind::Version`] error and closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version of the sender.
+    pub version: u32,
+    /// Free-form name and version of the sending software, for logs.
+    pub software: String,
+}
+
+impl Hello {
+    /// A `Hello` for this crate's [`crate::PROTOCOL_VERSION`].
+    pub fn new(software: impl Into<String>) -> Self {
+        Self {
+            version: crate::PROTOCOL_VERSION,
+            software: software.into(),
+        }
+    }
+}
+
+/// Where the container's root filesystem comes from.
+///
+/// Wire: a tag byte, then the variant's fields: `0` [`Rootfs::Directory`]
+/// (`path: string`); `1` [`Rootfs::Layers`] (`layers: [string]`,
+/// `upper: Upper`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// An existing directory of the agent's filesystem, bind-mounted and used
+    /// as the root as is (host-tier tests, or a rootfs shared into the VM).
+    Directory {
+        /// Absolute path of the directory.
+        path: String,
+    },
+    /// Read-only layer disks merged by overlayfs under a writable upper
+    /// directory.
+    Layers {
+        /// Block-device serials of the layer disks, lowest layer first (the
+        /// order of an OCI manifest). Each disk holds an EROFS or ext4
+        /// filesystem (detected by the agent) mounted read-only.
+        layers: Vec<String>,
+        /// Where writes go.
+        upper: Upper,
+    },
+}
+
+/// The writable upper layer of an overlay root.
+///
+/// Wire: a tag byte: `0` [`Upper::Tmpfs`]; `1` [`Upper::Disk`] (`serial: string`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upper {
+    /// A tmpfs in guest memory: writes vanish with the VM.
+    Tmpfs,
+    /// An ext4 disk (by block-device serial); the agent uses directories
+    /// `upper` and `work` at its root, creating them when missing.
+    Disk {
+        /// Block-device serial of the disk.
+        serial: String,
+    },
+}
+
+/// A resource limit kind (`setrlimit(2)`), independent of any libc's numbering.
+///
+/// Wire: one byte, the discriminant below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RlimitResource {
+    /// `RLIMIT_CPU`
+    Cpu = 0,
+    /// `RLIMIT_FSIZE`
+    Fsize = 1,
+    /// `RLIMIT_DATA`
+    Data = 2,
+    /// `RLIMIT_STACK`
+    Stack = 3,
+    /// `RLIMIT_CORE`
+    Core = 4,
+    /// `RLIMIT_RSS`
+    Rss = 5,
+    /// `RLIMIT_NPROC`
+    Nproc = 6,
+    /// `RLIMIT_NOFILE`
+    Nofile = 7,
+    /// `RLIMIT_MEMLOCK`
+    Memlock = 8,
+    /// `RLIMIT_AS`
+    As = 9,
+    /// `RLIMIT_LOCKS`
+    Locks = 10,
+    /// `RLIMIT_SIGPENDING`
+    Sigpending = 11,
+    /// `RLIMIT_MSGQUEUE`
+    Msgqueue = 12,
+    /// `RLIMIT_NICE`
+    Nice = 13,
+    /// `RLIMIT_RTPRIO`
+    Rtprio = 14,
+    /// `RLIMIT_RTTIME`
+    Rttime = 15,
+}
+
+impl RlimitResource {
+    /// Every resource, in wire order.
+    pub const ALL: [RlimitResource; 16] = [
+        Self::Cpu,
+        Self::Fsize,
+        Self::Data,
+        Self::Stack,
+        Self::Core,
+        Self::Rss,
+        Self::Nproc,
+        Self::Nofile,
+        Self::Memlock,
+        Self::As,
+        Self::Locks,
+        Self::Sigpending,
+        Self::Msgqueue,
+        Self::Nice,
+        Self::Rtprio,
+        Self::Rttime,
+    ];
+
+    /// The resource of a wire byte, if it names one.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+
+    /// The OCI runtime-spec name (`RLIMIT_NOFILE`, ...).
+    pub fn oci_name(self) -> &'static str {
+        match self {
+            Self::Cpu => "RLIMIT_CPU",
+            Self::Fsize => "RLIMIT_FSIZE",
+            Self::Data => "RLIMIT_DATA",
+            Self::Stack => "RLIMIT_STACK",
+            Self::Core => "RLIMIT_CORE",
+            Self::Rss => "RLIMIT_RSS",
+            Self::Nproc => "RLIMIT_NPROC",
+            Self::Nofile => "RLIMIT_NOFILE",
+            Self::Memlock => "RLIMIT_MEMLOCK",
+            Self::As => "RLIMIT_AS",
+            Self::Locks => "RLIMIT_LOCKS",
+            Self::Sigpending => "RLIMIT_SIGPENDING",
+            Self::Msgqueue => "RLIMIT_MSGQUEUE",
+            Self::Nice => "RLIMIT_NICE",
+            Self::Rtprio => "RLIMIT_RTPRIO",
+            Self::Rttime => "RLIMIT_RTTIME",
+        }
+    }
+
+    /// The resource of an OCI runtime-spec name, if it names one.
+    pub fn from_oci_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.oci_name() == name)
+    }
+}
+
+/// One resource limit. `u64::MAX` means unlimited (`RLIM_INFINITY`).
+///
+/// Wire: `resource: u8`, `soft: u64`, `hard: u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// Which limit.
+    pub resource: RlimitResource,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// A terminal window size.
+///
+/// Wire: `rows: u16`, `cols: u16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowSize {
+    /// Rows (lines).
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// Everything the agent needs to start one process.
+///
+/// Wire, in order: `argv: [string]`, `env: [string]`, `cwd: string`,
+/// `user: string`, `additional_groups: [string]`, `rlimits: [Rlimit]`,
+/// `umask: option<u32>`, `no_new_privs: bool`, `terminal: bool`,
+/// `window: option<WindowSize>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Process {
+    /// Program and arguments; `argv[0]` without a `/` is looked up in the
+    /// `PATH` of `env` (or a default `PATH`), as a container runtime does.
+    /// Must not be empty.
+    pub argv: Vec<String>,
+    /// Environment, `KEY=value` entries. `HOME` is added from the user's
+    /// passwd entry when missing.
+    pub env: Vec<String>,
+    /// Working directory (absolute, inside the container). Empty means `/`.
+    /// A missing directory is an [`ErrorKind::BadCwd`] error before exec.
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`, resolved through the
+    /// container's `/etc/passwd` and `/etc/group`. Empty means root. An
+    /// unknown name is an [`ErrorKind::BadUser`] error before exec.
+    pub user: String,
+    /// Extra supplementary groups (names or numeric gids), added to the
+    /// groups the user belongs to in `/etc/group`.
+    pub additional_groups: Vec<String>,
+    /// Resource limits set before exec.
+    pub rlimits: Vec<Rlimit>,
+    /// File-mode creation mask; `None` keeps the default `0o022`.
+    pub umask: Option<u32>,
+    /// Set `PR_SET_NO_NEW_PRIVS` before exec.
+    pub no_new_privs: bool,
+    /// Run on a pseudo-terminal: stdout and stderr are merged into
+    /// [`Message::Stdout`], and [`Message::ResizeTty`] applies.
+    pub terminal: bool,
+    /// Initial window size of the terminal (ignored without `terminal`).
+    pub window: Option<WindowSize>,
+}
+
+/// Start the container: build the root filesystem, then run its main process.
+///
+/// Wire, in order: `id: u32`, `rootfs: Rootfs`, `process: Process`,
+/// `hostname: string`, `hosts: option<string>`, `resolv_conf: option<string>`.
+///
+/// Accepted once per connection. The main process ending ends the sandbox:
+/// the agent kills what is left, reports every exit, flushes and powers the
+/// VM off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// Id of the main process.
+    pub id: ProcessId,
+    /// The root filesystem.
+    pub rootfs: Rootfs,
+    /// The main process.
+    pub process: Process,
+    /// Host name set in the container (`sethostname` and `/etc/hostname`);
+    /// empty leaves both unchanged.
+    pub hostname: String,
+    /// Contents written to `/etc/hosts`; `None` keeps the image's file.
+    pub hosts: Option<String>,
+    /// Contents written to `/etc/resolv.conf`; `None` keeps the image's file.
+    pub resolv_conf: Option<String>,
+}
+
+/// Boot stages reported by the agent.
+///
+/// Wire: one byte, the discriminant below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BootStage {
+    /// The agent's `main` began.
+    AgentStart = 0,
+    /// The root filesystem is mounted and the agent moved into it.
+    RootfsReady = 1,
+    /// The main process is about to `execve` (taken in the child, after all
+    /// its setup).
+    ProcessExec = 2,
+}
+
+impl BootStage {
+    /// The stage of a wire byte, if it names one.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::AgentStart),
+            1 => Some(Self::RootfsReady),
+            2 => Some(Self::ProcessExec),
+            _ => None,
+        }
+    }
+}
+
+/// Kind of an error reported by the agent.
+///
+/// Wire: one byte, the discriminant below; unknown values do not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ErrorKind {
+    /// The peer broke the protocol (malformed frame, message out of order);
+    /// the connection is closed after this error.
+    Protocol = 0,
+    /// The peer speaks another protocol version; the connection is closed.
+    Version = 1,
+    /// A request was not valid in the current state (unknown or reused
+    /// process id, `Exec` before `Start`, second `Start`, empty argv); the
+    /// connection stays open.
+    InvalidRequest = 2,
+    /// The root filesystem could not be built (missing disk, mount failure).
+    Rootfs = 3,
+    /// The user or a group could not be resolved or switched to.
+    BadUser = 4,
+    /// The working directory does not exist or is not a directory.
+    BadCwd = 5,
+    /// The executable was not found (exit status 127).
+    NotFound = 6,
+    /// The executable exists but could not be executed (exit status 126).
+    PermissionDenied = 7,
+    /// Another failure while setting the process up (rlimits, terminal,
+    /// fork, ...).
+    Spawn = 8,
+}
+
+impl ErrorKind {
+    /// The kind of a wire byte, if it names one.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use ErrorKind::*;
+        [
+            Protocol,
+            Version,
+            InvalidRequest,
+            Rootfs,
+            BadUser,
+            BadCwd,
+            NotFound,
+            PermissionDenied,
+            Spawn,
+        ]
+        .get(usize::from(v))
+        .copied()
+    }
+
+    /// The exit status the agent reports (in the [`Message::Exited`] that
+    /// follows the error) when a process fails to start with this kind:
+    /// 127 for [`ErrorKind::NotFound`], 126 for
+    /// [`ErrorKind::PermissionDenied`], 125 for every other failure, as
+    /// container runtimes do.
+    pub fn exit_status(self) -> i32 {
+        match self {
+            Self::NotFound => 127,
+            Self::PermissionDenied => 126,
+            _ => 125,
+        }
+    }
+}
+
+/// One message, in either direction. See the crate documentation for the
+/// conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Both directions (type `0x01`): version handshake, see [`Hello`].
+    Hello(Hello),
+
+    /// Host to agent (type `0x10`): build the rootfs and start the main
+    /// process, see [`Start`].
+    Start(Box<Start>),
+    /// Host to agent (type `0x11`): start another process in the running
+    /// container. Wire: `id: u32`, `process: Process`.
+    Exec {
+        /// Id of the new process.
+        id: ProcessId,
+        /// What to run.
+        process: Box<Process>,
+    },
+    /// Host to agent (type `0x12`): bytes for a process's stdin. Wire:
+    /// `id: u32`, `data: bytes`. The host keeps at most
+    /// [`crate::STDIN_WINDOW`] bytes per process unacknowledged (see
+    /// [`Message::StdinAck`]); exceeding it is a protocol error.
+    Stdin {
+        /// The process.
+        id: ProcessId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Host to agent (type `0x13`): end of a process's stdin (after the
+    /// queued bytes are written). On a terminal, sends the EOF character
+    /// (`^D`). Wire: `id: u32`.
+    CloseStdin {
+        /// The process.
+        id: ProcessId,
+    },
+    /// Host to agent (type `0x14`): send a signal to a process. Wire:
+    /// `id: u32`, `signal: i32` (Linux signal number).
+    Signal {
+        /// The process.
+        id: ProcessId,
+        /// Linux signal number.
+        signal: i32,
+    },
+    /// Host to agent (type `0x15`): set the window size of a process's
+    /// terminal. Wire: `id: u32`, `size: WindowSize`.
+    ResizeTty {
+        /// The process.
+        id: ProcessId,
+        /// New size.
+        size: WindowSize,
+    },
+
+    /// Agent to host (type `0x20`): a boot stage was reached. Wire:
+    /// `stage: u8`, `boottime_ns: u64`: the guest's `CLOCK_BOOTTIME`, which
+    /// starts at zero when the kernel starts, so the value is the time since
+    /// kernel start.
+    BootStage {
+        /// Which stage.
+        stage: BootStage,
+        /// `CLOCK_BOOTTIME` at that stage, in nanoseconds.
+        boottime_ns: u64,
+    },
+    /// Agent to host (type `0x21`): a process was executed successfully.
+    /// Wire: `id: u32`, `pid: u32` (in the guest's pid namespace).
+    Started {
+        /// The process.
+        id: ProcessId,
+        /// Its pid in the guest.
+        pid: u32,
+    },
+    /// Agent to host (type `0x22`): output of a process (stdout; on a
+    /// terminal, all output). Wire: `id: u32`, `data: bytes` (at most
+    /// [`crate::MAX_DATA_CHUNK`] bytes per frame).
+    Stdout {
+        /// The process.
+        id: ProcessId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Agent to host (type `0x23`): stderr output of a process. Wire as
+    /// [`Message::Stdout`].
+    Stderr {
+        /// The process.
+        id: ProcessId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Agent to host (type `0x24`): `bytes` more stdin bytes of a process
+    /// were written to it (or dropped because it closed its stdin or ended),
+    /// returning that much of the host's window. Wire: `id: u32`,
+    /// `bytes: u32`.
+    StdinAck {
+        /// The process.
+        id: ProcessId,
+        /// Bytes consumed.
+        bytes: u32,
+    },
+    /// Agent to host (type `0x25`): a process ended; always the last message
+    /// about that id, sent after all its output. Wire: `id: u32`,
+    /// `status: i32`: the exit code, or 128 + signal number when killed by a
+    /// signal, or [`ErrorKind::exit_status`] when it failed to start.
+    Exited {
+        /// The process.
+        id: ProcessId,
+        /// Exit status.
+        status: i32,
+    },
+    /// Agent to host (type `0x26`): something failed. Wire: `id: option<u32>`,
+    /// `kind: u8`, `message: string`. With an id, the failure is that
+    /// process's (it failed to start; an [`Message::Exited`] follows);
+    /// without, it concerns the connection ([`ErrorKind::Protocol`] and
+    /// [`ErrorKind::Version`] close it, others do not).
+    Error {
+        /// The process concerned, if any.
+        id: Option<ProcessId>,
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// Human-readable description, like a container runtime's.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The frame type byte of this message.
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Self::Hello(_) => 0x01,
+            Self::Start(_) => 0x10,
+            Self::Exec { .. } => 0x11,
+            Self::Stdin { .. } => 0x12,
+            Self::CloseStdin { .. } => 0x13,
+            Self::Signal { .. } => 0x14,
+            Self::ResizeTty { .. } => 0x15,
+            Self::BootStage { .. } => 0x20,
+            Self::Started { .. } => 0x21,
+            Self::Stdout { .. } => 0x22,
+            Self::Stderr { .. } => 0x23,
+            Self::StdinAck { .. } => 0x24,
+            Self::Exited { .. } => 0x25,
+            Self::Error { .. } => 0x26,
+        }
+    }
+
+    /// Whether the host sends this message (the agent sends the others;
+    /// both send [`Message::Hello`]).
+    pub fn is_host_to_guest(&self) -> bool {
+        matches!(
+            self,
+            Self::Hello(_)
+                | Self::Start(_)
+                | Self::Exec { .. }
+                | Self::Stdin { .. }
+                | Self::CloseStdin { .. }
+                | Self::Signal { .. }
+                | Self::ResizeTty { .. }
+        )
+    }
+
+    /// Whether the agent sends this message.
+    pub fn is_guest_to_host(&self) -> bool {
+        matches!(self, Self::Hello(_)) || !self.is_host_to_guest()
+    }
+}
