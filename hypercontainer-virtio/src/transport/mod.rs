@@ -1,0 +1,3 @@
+//! Transports: how a driver reaches a [`crate::VirtioDevice`].
+
+pub mod mmio;
