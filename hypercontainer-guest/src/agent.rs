@@ -1,0 +1,616 @@
+//! The agent's event loop: one connection to the host, the processes of the
+//! container and their stdio, and SIGCHLD; all on one thread with `poll`.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use hypercontainer_protocol::{
+    codec, BootStage, ErrorKind, FrameDecoder, Hello, Message, Process, ProcessId, Start,
+    AGENT_OUTPUT_QUEUE, MAX_DATA_CHUNK, STDIN_WINDOW,
+};
+
+use crate::{rootfs, spawn, sys};
+
+/// How the agent was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of a VM: power off at the end.
+    Vm,
+    /// A normal process (host-tier tests): exit at the end.
+    Host,
+}
+
+/// Why the agent stopped serving.
+#[derive(Debug)]
+pub enum End {
+    /// The main process ended (or never started).
+    MainExited,
+    /// The connection failed or the host broke the protocol.
+    Connection(String),
+}
+
+struct Proc {
+    id: ProcessId,
+    pid: libc::pid_t,
+    main: bool,
+    stdin: Option<OwnedFd>,
+    stdin_buf: Vec<u8>,
+    stdin_closing: bool,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    pty: Option<OwnedFd>,
+    status: Option<i32>,
+}
+
+/// The agent's state.
+pub struct Agent {
+    conn: OwnedFd,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    sigchld: OwnedFd,
+    hello: bool,
+    started: bool,
+    procs: Vec<Proc>,
+    used_ids: HashSet<ProcessId>,
+    main_id: Option<ProcessId>,
+    main_status: Option<i32>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+impl Agent {
+    /// An agent serving the connected stream `conn`.
+    pub fn new(conn: OwnedFd) -> io::Result<Self> {
+        sys::set_cloexec(conn.as_raw_fd())?;
+        sys::set_nonblocking(conn.as_raw_fd(), true)?;
+        Ok(Self {
+            conn,
+            decoder: FrameDecoder::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            sigchld: sys::sigchld_fd()?,
+            hello: false,
+            started: false,
+            procs: Vec::new(),
+            used_ids: HashSet::new(),
+            main_id: None,
+            main_status: None,
+        })
+    }
+
+    fn send(&mut self, msg: &Message) {
+        if let Err(e) = codec::encode_frame(msg, &mut self.out) {
+            // Only oversized frames fail; our messages are bounded.
+            eprintln!("hypercontainer-agent: cannot encode a message: {e}");
+        }
+    }
+
+    fn send_error(&mut self, id: Option<ProcessId>, kind: ErrorKind, message: impl Into<String>) {
+        let message = message.into();
+        eprintln!("hypercontainer-agent: error: {message}");
+        self.send(&Message::Error { id, kind, message });
+    }
+
+    fn queued(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Writes what the connection takes now.
+    fn flush_some(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match sys::write(self.conn.as_raw_fd(), &self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > AGENT_OUTPUT_QUEUE {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, waiting as needed.
+    pub fn flush_all(&mut self) -> io::Result<()> {
+        let r = sys::write_all(self.conn.as_raw_fd(), &self.out[self.out_pos..]);
+        self.out.clear();
+        self.out_pos = 0;
+        r
+    }
+
+    /// Sends the agent's hello and its start timestamp.
+    pub fn greet(&mut self, agent_start_ns: u64) {
+        self.send(&Message::Hello(Hello::new(concat!(
+            "hypercontainer-agent ",
+            env!("CARGO_PKG_VERSION")
+        ))));
+        self.send(&Message::BootStage {
+            stage: BootStage::AgentStart,
+            boottime_ns: agent_start_ns,
+        });
+    }
+
+    /// Serves until the main process ends or the connection fails.
+    pub fn run(&mut self) -> End {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.main_status.is_some() {
+                return End::MainExited;
+            }
+            // Build the poll set: [conn, sigchld, per process: stdout, stderr, stdin].
+            let mut fds = vec![
+                pollfd(
+                    self.conn.as_raw_fd(),
+                    libc::POLLIN | if self.queued() > 0 { libc::POLLOUT } else { 0 },
+                ),
+                pollfd(self.sigchld.as_raw_fd(), libc::POLLIN),
+            ];
+            let read_output = self.queued() < AGENT_OUTPUT_QUEUE;
+            let mut slots = Vec::new();
+            for (i, p) in self.procs.iter().enumerate() {
+                if read_output {
+                    for (which, fd) in [(0u8, &p.stdout), (1, &p.stderr)] {
+                        if let Some(fd) = fd {
+                            fds.push(pollfd(fd.as_raw_fd(), libc::POLLIN));
+                            slots.push((i, which));
+                        }
+                    }
+                }
+                if let Some(fd) = &p.stdin {
+                    if !p.stdin_buf.is_empty() {
+                        fds.push(pollfd(fd.as_raw_fd(), libc::POLLOUT));
+                        slots.push((i, 2));
+                    }
+                }
+            }
+            if let Err(e) = sys::poll(&mut fds, -1) {
+                return End::Connection(format!("poll: {e}"));
+            }
+
+            // Process output first, so it precedes an exit seen in this round.
+            for (pfd, &(i, which)) in fds[2..].iter().zip(&slots) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match which {
+                    0 | 1 => self.read_output(i, which == 1, &mut buf, false),
+                    _ => self.write_stdin(i),
+                }
+            }
+            if fds[1].revents != 0 {
+                sys::drain_signalfd(&self.sigchld);
+                self.reap();
+            }
+            let conn = fds[0].revents;
+            if conn & libc::POLLOUT != 0 {
+                if let Err(e) = self.flush_some() {
+                    return End::Connection(format!("writing to the host: {e}"));
+                }
+            }
+            if conn & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                match sys::read(self.conn.as_raw_fd(), &mut buf) {
+                    Ok(0) => {
+                        let how = if self.decoder.pending() > 0 {
+                            codec::Error::TruncatedFrame.to_string()
+                        } else {
+                            "the host closed the connection".to_string()
+                        };
+                        return End::Connection(how);
+                    }
+                    Ok(n) => {
+                        self.decoder.feed(&buf[..n]);
+                        if let Err(e) = self.handle_input() {
+                            return End::Connection(e);
+                        }
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => return End::Connection(format!("reading from the host: {e}")),
+                }
+            }
+            if let Err(e) = self.flush_some() {
+                return End::Connection(format!("writing to the host: {e}"));
+            }
+        }
+    }
+
+    /// Decodes and handles every whole message received; an error string
+    /// means the connection must be closed.
+    fn handle_input(&mut self) -> Result<(), String> {
+        loop {
+            let msg = match self.decoder.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let kind = match e {
+                        codec::Error::VersionMismatch { .. } => ErrorKind::Version,
+                        _ => ErrorKind::Protocol,
+                    };
+                    let m = format!("malformed frame from the host: {e}");
+                    self.send_error(None, kind, m.clone());
+                    return Err(m);
+                }
+            };
+            self.handle(msg)?;
+            if self.main_status.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, m: String) -> Result<(), String> {
+        self.send_error(None, ErrorKind::Protocol, m.clone());
+        Err(m)
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), String> {
+        if !self.hello {
+            return match msg {
+                Message::Hello(_) => {
+                    self.hello = true;
+                    Ok(())
+                }
+                other => self.protocol_error(format!(
+                    "expected Hello, got message type {:#04x}",
+                    other.type_code()
+                )),
+            };
+        }
+        if !msg.is_host_to_guest() || matches!(msg, Message::Hello(_)) {
+            return self.protocol_error(format!(
+                "unexpected message type {:#04x} from the host",
+                msg.type_code()
+            ));
+        }
+        match msg {
+            Message::Start(start) => self.start(*start),
+            Message::Exec { id, process } => self.exec(id, &process),
+            Message::Stdin { id, data } => return self.stdin(id, data),
+            Message::CloseStdin { id } => {
+                if let Some(i) = self.lookup(id) {
+                    self.procs[i].stdin_closing = true;
+                    self.write_stdin(i);
+                }
+            }
+            Message::Signal { id, signal } => {
+                if let Some(i) = self.lookup(id) {
+                    let p = &self.procs[i];
+                    if p.status.is_none() {
+                        if let Err(e) = sys::kill(p.pid, signal) {
+                            self.send_error(
+                                None,
+                                ErrorKind::InvalidRequest,
+                                format!("signal {signal} to process {id}: {e}"),
+                            );
+                        }
+                    }
+                }
+            }
+            Message::ResizeTty { id, size } => {
+                if let Some(i) = self.lookup(id) {
+                    let r = match &self.procs[i].pty {
+                        Some(pty) => sys::set_winsize(pty.as_raw_fd(), size.rows, size.cols)
+                            .map_err(|e| e.to_string()),
+                        None => Err("it has no terminal".to_string()),
+                    };
+                    if let Err(e) = r {
+                        self.send_error(
+                            None,
+                            ErrorKind::InvalidRequest,
+                            format!("resizing the terminal of process {id}: {e}"),
+                        );
+                    }
+                }
+            }
+            _ => unreachable!("filtered by direction above"),
+        }
+        Ok(())
+    }
+
+    /// The index of a live process; reports ids never used. Ids of ended
+    /// processes are silently ignored (the host may race with an exit).
+    fn lookup(&mut self, id: ProcessId) -> Option<usize> {
+        let i = self.procs.iter().position(|p| p.id == id);
+        if i.is_none() && !self.used_ids.contains(&id) {
+            self.send_error(
+                None,
+                ErrorKind::InvalidRequest,
+                format!("no process with id {id}"),
+            );
+        }
+        i
+    }
+
+    fn claim_id(&mut self, id: ProcessId) -> bool {
+        if !self.used_ids.insert(id) {
+            self.send_error(
+                None,
+                ErrorKind::InvalidRequest,
+                format!("process id {id} is already in use"),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn fail_start(&mut self, id: ProcessId, main: bool, kind: ErrorKind, message: String) {
+        self.send_error(Some(id), kind, message);
+        let status = kind.exit_status();
+        if main {
+            // Reported last, by `finish`.
+            self.main_status = Some(status);
+        } else {
+            self.send(&Message::Exited { id, status });
+        }
+    }
+
+    fn start(&mut self, s: Start) {
+        if self.started {
+            self.send_error(
+                None,
+                ErrorKind::InvalidRequest,
+                "the container is already started",
+            );
+            return;
+        }
+        if !self.claim_id(s.id) {
+            return;
+        }
+        self.started = true;
+        self.main_id = Some(s.id);
+        if let Err(e) = rootfs::enter(&s.rootfs).and_then(|()| {
+            rootfs::write_identity(&s.hostname, s.hosts.as_deref(), s.resolv_conf.as_deref())
+        }) {
+            let msg = error_chain(&e);
+            self.fail_start(s.id, true, ErrorKind::Rootfs, msg);
+            return;
+        }
+        self.send(&Message::BootStage {
+            stage: BootStage::RootfsReady,
+            boottime_ns: sys::boottime_ns(),
+        });
+        self.spawn(s.id, &s.process, true);
+    }
+
+    fn exec(&mut self, id: ProcessId, p: &Process) {
+        if !self.claim_id(id) {
+            return;
+        }
+        if !self.started {
+            self.fail_start(
+                id,
+                false,
+                ErrorKind::InvalidRequest,
+                "exec before the container is started".into(),
+            );
+            return;
+        }
+        self.spawn(id, p, false);
+    }
+
+    fn spawn(&mut self, id: ProcessId, p: &Process, main: bool) {
+        match spawn::spawn(p) {
+            Ok(s) => {
+                if main {
+                    self.send(&Message::BootStage {
+                        stage: BootStage::ProcessExec,
+                        boottime_ns: s.exec_ns,
+                    });
+                }
+                self.send(&Message::Started {
+                    id,
+                    pid: s.pid as u32,
+                });
+                self.procs.push(Proc {
+                    id,
+                    pid: s.pid,
+                    main,
+                    stdin: Some(s.stdin),
+                    stdin_buf: Vec::new(),
+                    stdin_closing: false,
+                    stdout: Some(s.stdout),
+                    stderr: s.stderr,
+                    pty: s.pty,
+                    status: None,
+                });
+                // It may have exited already; its SIGCHLD is pending.
+            }
+            Err(e) => self.fail_start(id, main, e.kind, e.message),
+        }
+    }
+
+    fn stdin(&mut self, id: ProcessId, data: Vec<u8>) -> Result<(), String> {
+        let Some(i) = self.lookup(id) else {
+            return Ok(());
+        };
+        let p = &mut self.procs[i];
+        if p.stdin_buf.len() + data.len() > STDIN_WINDOW as usize {
+            return self.protocol_error(format!(
+                "stdin of process {id} exceeds the window of {STDIN_WINDOW} bytes"
+            ));
+        }
+        if p.stdin.is_none() || p.stdin_closing {
+            // Nowhere to go: consumed.
+            let bytes = data.len() as u32;
+            self.send(&Message::StdinAck { id, bytes });
+            return Ok(());
+        }
+        p.stdin_buf.extend_from_slice(&data);
+        self.write_stdin(i);
+        Ok(())
+    }
+
+    /// Moves queued stdin into the process, acknowledging what it took.
+    fn write_stdin(&mut self, i: usize) {
+        let p = &mut self.procs[i];
+        let id = p.id;
+        let mut consumed = 0usize;
+        let mut broken = false;
+        if let Some(fd) = &p.stdin {
+            while consumed < p.stdin_buf.len() {
+                match sys::write(fd.as_raw_fd(), &p.stdin_buf[consumed..]) {
+                    Ok(n) => consumed += n,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => {
+                        // EPIPE and the like: the process closed its stdin.
+                        broken = true;
+                        consumed = p.stdin_buf.len();
+                        break;
+                    }
+                }
+            }
+        }
+        p.stdin_buf.drain(..consumed);
+        if broken {
+            p.stdin = None;
+        }
+        if p.stdin_closing && p.stdin_buf.is_empty() {
+            if let Some(fd) = p.stdin.take() {
+                if p.pty.is_some() {
+                    // On a terminal, end of input is the EOF character.
+                    let _ = sys::write(fd.as_raw_fd(), &[0x04]);
+                }
+            }
+        }
+        if consumed > 0 {
+            self.send(&Message::StdinAck {
+                id,
+                bytes: consumed as u32,
+            });
+        }
+    }
+
+    /// Reads available output of process `i`; with `drain`, until nothing is
+    /// left (after the process ended).
+    fn read_output(&mut self, i: usize, stderr: bool, buf: &mut [u8], drain: bool) {
+        let p = &mut self.procs[i];
+        let id = p.id;
+        let slot = if stderr { &mut p.stderr } else { &mut p.stdout };
+        let Some(fd) = slot.as_ref() else {
+            return;
+        };
+        let fd: RawFd = fd.as_raw_fd();
+        let mut chunks = Vec::new();
+        let mut closed = false;
+        loop {
+            match sys::read(fd, &mut buf[..MAX_DATA_CHUNK]) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    chunks.push(buf[..n].to_vec());
+                    if !drain {
+                        break;
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                // EIO on a pty master: every slave is closed.
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            *slot = None;
+        }
+        for data in chunks {
+            let m = if stderr {
+                Message::Stderr { id, data }
+            } else {
+                Message::Stdout { id, data }
+            };
+            self.send(&m);
+        }
+    }
+
+    /// Reaps every exited child; reports the exits of our processes after
+    /// their remaining output.
+    fn reap(&mut self) {
+        while let sys::Wait::Exited(pid, status) = sys::waitpid(-1, libc::WNOHANG) {
+            self.set_status(pid, status);
+            // Anything else was an orphan (we are PID 1 or a subreaper).
+        }
+        let mut buf = vec![0u8; MAX_DATA_CHUNK];
+        let mut i = 0;
+        while i < self.procs.len() {
+            let Some(status) = self.procs[i].status else {
+                i += 1;
+                continue;
+            };
+            self.read_output(i, false, &mut buf, true);
+            self.read_output(i, true, &mut buf, true);
+            let p = self.procs.remove(i);
+            if p.main {
+                // Reported last, by `finish`.
+                self.main_status = Some(status);
+            } else {
+                self.send(&Message::Exited { id: p.id, status });
+            }
+        }
+    }
+
+    /// Ends the sandbox: kills every process left, reaps them, reports
+    /// their exits and then the main process's (if it was started).
+    pub fn finish(&mut self) {
+        // SAFETY: getpid has no preconditions.
+        if unsafe { libc::getpid() } == 1 {
+            // PID 1 of its namespace: everything else in it goes.
+            let _ = sys::kill(-1, libc::SIGKILL);
+            while let sys::Wait::Exited(pid, status) = sys::waitpid(-1, 0) {
+                self.set_status(pid, status);
+            }
+        } else {
+            // A subreaper among other processes: only what we started.
+            let pids: Vec<_> = self.procs.iter().map(|p| p.pid).collect();
+            for pid in pids {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                if let sys::Wait::Exited(pid, status) = sys::waitpid(pid, 0) {
+                    self.set_status(pid, status);
+                }
+            }
+        }
+        self.reap();
+        if let (Some(id), Some(status)) = (self.main_id, self.main_status) {
+            self.send(&Message::Exited { id, status });
+        }
+    }
+
+    fn set_status(&mut self, pid: libc::pid_t, status: i32) {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.pid == pid) {
+            p.status = Some(status);
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// An error and its sources, "a: b: c".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,382 @@
+//! Boot-time mounts and the container's root filesystem: layer disks found
+//! by serial, an overlay with a writable upper, the container's /proc,
+//! /sys and /dev, pivot_root, and the files a runtime writes in /etc.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hypercontainer_protocol::{Rootfs, Upper};
+
+use crate::sys;
+
+/// Errors of root filesystem setup.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed.
+    #[error("{what}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// No block device has the requested serial.
+    #[error("no disk with serial {0:?}")]
+    NoDisk(String),
+    /// A layer disk holds neither EROFS nor ext4.
+    #[error("cannot mount disk {serial:?} ({device}) read-only as erofs or ext4")]
+    BadLayer {
+        /// Serial of the disk.
+        serial: String,
+        /// Its device node.
+        device: String,
+        /// The error of the last attempt.
+        #[source]
+        source: io::Error,
+    },
+    /// A rootfs path is not absolute.
+    #[error("rootfs directory {0:?} is not an absolute path")]
+    NotAbsolute(String),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+trait Ctx<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Ctx<T> for io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Sys {
+            what: what(),
+            source,
+        })
+    }
+}
+
+fn mount(
+    src: &str,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<()> {
+    sys::mount(src, target, fstype, flags, data)
+        .ctx(|| format!("mounting {src} on {}", target.display()))
+}
+
+fn mkdir_p(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).ctx(|| format!("creating {}", p.display()))
+}
+
+/// Where the agent assembles layers and the overlay.
+const WORK_DIR: &str = "/run/hypercontainer";
+
+/// First steps of the agent as PID 1 of a VM: leave the initramfs for a
+/// tmpfs root (so that `pivot_root` works later: the initramfs itself can
+/// never be pivoted away from), then mount /proc, /sys, /dev, /dev/pts,
+/// /dev/shm, /tmp and /run.
+pub fn vm_early_mounts() -> Result<()> {
+    let stage = Path::new("/stage");
+    mkdir_p(stage)?;
+    mount("tmpfs", stage, Some("tmpfs"), 0, Some("mode=755"))?;
+    std::env::set_current_dir(stage).ctx(|| "entering the stage root".into())?;
+    mount(".", Path::new("/"), None, libc::MS_MOVE, None)?;
+    sys::chroot(Path::new(".")).ctx(|| "chroot into the stage root".into())?;
+    std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
+
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for (src, dir, fstype, flags, data) in [
+        ("proc", "/proc", "proc", nosuid, None),
+        ("sysfs", "/sys", "sysfs", nosuid, None),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            libc::MS_NOSUID,
+            Some("mode=755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("mode=620,ptmxmode=666"),
+        ),
+        (
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=755"),
+        ),
+    ] {
+        mkdir_p(Path::new(dir))?;
+        mount(src, Path::new(dir), Some(fstype), flags, data)?;
+    }
+    Ok(())
+}
+
+/// The device node of the block device with serial `serial`, waiting up to
+/// a second for it to appear.
+fn find_disk(serial: &str) -> Result<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Ok(entries) = fs::read_dir("/sys/block") {
+            for e in entries.flatten() {
+                let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+                if s.trim_end_matches(['\n', '\0']) == serial {
+                    let dev = Path::new("/dev").join(e.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::NoDisk(serial.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn mount_layer(serial: &str, target: &Path) -> Result<()> {
+    let dev = find_disk(serial)?;
+    let dev_s = dev.to_string_lossy().into_owned();
+    let flags = libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID;
+    let mut last = None;
+    for (fstype, data) in [("erofs", None), ("ext4", Some("noload"))] {
+        match sys::mount(&dev_s, target, Some(fstype), flags, data) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::BadLayer {
+        serial: serial.to_string(),
+        device: dev_s,
+        source: last.unwrap_or_else(|| io::ErrorKind::Other.into()),
+    })
+}
+
+/// Mounts the layers and the overlay; returns the overlay's mount point.
+fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
+    let work = Path::new(WORK_DIR);
+    mkdir_p(work)?;
+    mount("tmpfs", work, Some("tmpfs"), 0, Some("mode=700"))?;
+    let mut lower = Vec::new();
+    for (i, serial) in layers.iter().enumerate() {
+        let dir = work.join(format!("layer{i}"));
+        mkdir_p(&dir)?;
+        mount_layer(serial, &dir)?;
+        lower.push(dir);
+    }
+    if lower.is_empty() {
+        let empty = work.join("empty");
+        mkdir_p(&empty)?;
+        lower.push(empty);
+    }
+    let upper_base = match upper {
+        Upper::Tmpfs => work.join("tmp-upper"),
+        Upper::Disk { serial } => {
+            let dir = work.join("upper-disk");
+            mkdir_p(&dir)?;
+            let dev = find_disk(serial)?;
+            mount(
+                &dev.to_string_lossy(),
+                &dir,
+                Some("ext4"),
+                libc::MS_NODEV,
+                None,
+            )?;
+            dir
+        }
+    };
+    let (upperdir, workdir) = (upper_base.join("upper"), upper_base.join("work"));
+    mkdir_p(&upperdir)?;
+    mkdir_p(&workdir)?;
+    // overlayfs lists the top layer first.
+    let lowerdir = lower
+        .iter()
+        .rev()
+        .map(|p| p.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(":");
+    let root = work.join("root");
+    mkdir_p(&root)?;
+    let opts = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upperdir.display(),
+        workdir.display()
+    );
+    mount("overlay", &root, Some("overlay"), 0, Some(&opts))?;
+    Ok(root)
+}
+
+/// Creates `p` as a directory if nothing is there; a symlink or other entry
+/// from the image is replaced, so that mounts never follow image symlinks.
+fn ensure_dir(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => {
+            fs::remove_file(p).ctx(|| format!("removing {}", p.display()))?;
+            mkdir_p(p)
+        }
+        Err(_) => mkdir_p(p),
+    }
+}
+
+/// Mounts /proc, /sys and a minimal /dev inside `root`.
+fn container_mounts(root: &Path) -> Result<()> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for d in ["proc", "sys", "dev"] {
+        ensure_dir(&root.join(d))?;
+    }
+    mount("proc", &root.join("proc"), Some("proc"), nosuid, None)?;
+    if let Err(e) = sys::mount(
+        "sysfs",
+        &root.join("sys"),
+        Some("sysfs"),
+        nosuid | libc::MS_RDONLY,
+        None,
+    ) {
+        // Not fatal: some sandboxes forbid sysfs; the container works without.
+        eprintln!("hypercontainer-agent: warning: cannot mount /sys: {e}");
+    }
+    let dev = root.join("dev");
+    mount(
+        "tmpfs",
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        sys::mknod_char(&p, 0o666, major, minor).ctx(|| format!("creating {}", p.display()))?;
+        // mknod is subject to the umask; make the mode exact.
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .ctx(|| format!("chmod {}", p.display()))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        symlink(target, dev.join(link)).ctx(|| format!("linking /dev/{link}"))?;
+    }
+    for d in ["pts", "shm"] {
+        mkdir_p(&dev.join(d))?;
+    }
+    mount(
+        "devpts",
+        &dev.join("pts"),
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mount(
+        "shm",
+        &dev.join("shm"),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    Ok(())
+}
+
+/// Builds the root filesystem described by `spec` and makes it the agent's
+/// root with `pivot_root` (the old root is detached). The agent must be in
+/// its own mount namespace (a VM, or a namespace the caller created).
+pub fn enter(spec: &Rootfs) -> Result<()> {
+    // Nothing done below may propagate to other mount namespaces.
+    mount(
+        "none",
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
+    let root = match spec {
+        Rootfs::Directory { path } => {
+            let p = PathBuf::from(path);
+            if !p.is_absolute() {
+                return Err(Error::NotAbsolute(path.clone()));
+            }
+            // A bind mount makes the directory a mount point pivot_root accepts.
+            mount(path, &p, None, libc::MS_BIND | libc::MS_REC, None)?;
+            p
+        }
+        Rootfs::Layers { layers, upper } => assemble_layers(layers, upper)?,
+    };
+    container_mounts(&root)?;
+    std::env::set_current_dir(&root).ctx(|| format!("entering {}", root.display()))?;
+    sys::pivot_root(Path::new("."), Path::new(".")).ctx(|| "pivot_root".into())?;
+    // The old root is now stacked under the new one at "/": detach it.
+    sys::umount2(Path::new("."), libc::MNT_DETACH).ctx(|| "detaching the old root".into())?;
+    std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
+    Ok(())
+}
+
+/// Writes a file of /etc the way a runtime does: replaces symlinks from the
+/// image instead of following them.
+fn write_etc(name: &str, contents: &str) -> Result<()> {
+    let etc = Path::new("/etc");
+    ensure_dir(etc)?;
+    let p = etc.join(name);
+    if fs::symlink_metadata(&p).is_ok_and(|m| !m.is_file()) {
+        fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+        .ctx(|| format!("writing {}", p.display()))?;
+    io::Write::write_all(&mut f, contents.as_bytes()).ctx(|| format!("writing {}", p.display()))
+}
+
+/// Sets the host name and writes /etc/hostname, /etc/hosts and
+/// /etc/resolv.conf (after [`enter`]).
+pub fn write_identity(hostname: &str, hosts: Option<&str>, resolv: Option<&str>) -> Result<()> {
+    if !hostname.is_empty() {
+        sys::sethostname(hostname).ctx(|| format!("setting the host name to {hostname:?}"))?;
+        write_etc("hostname", &format!("{hostname}\n"))?;
+    }
+    if let Some(h) = hosts {
+        write_etc("hosts", h)?;
+    }
+    if let Some(r) = resolv {
+        write_etc("resolv.conf", r)?;
+    }
+    Ok(())
+}
