@@ -1,1 +1,1154 @@
-//! Placeholder.
+//! Runs whole-VM test binaries where a stock Linux guest can boot.
+//!
+//! Where `/dev/kvm` is hardware KVM, jobs run directly as child processes
+//! ([`Mode::Direct`]). Elsewhere (no `/dev/kvm`, or PVM) they run inside an
+//! *emulated KVM host* ([`Mode::Emulated`]): QEMU TCG with `-cpu max`
+//! (which emulates AMD SVM) boots Debian's cloud kernel, loads `kvm-amd`,
+//! and runs every job in one boot from an uncompressed `newc` initramfs
+//! that holds busybox, the kvm modules, the jobs' executables with their
+//! shared libraries, and `qemu-system-x86_64` with its x86 firmware (the
+//! reference VMM). Each job's output is framed on the serial console by
+//! marker lines carrying a random per-run token, and the runner returns
+//! per-job exit codes, output and durations. Switching modes changes
+//! nothing else: [`Mode::auto`] picks one.
+//!
+//! # Paths inside the emulated host
+//!
+//! Host files are placed at the same absolute path inside (after resolving
+//! the symlinks of their parent directory, see [`inside_path`]), and the
+//! host's top-level symlinks (`/bin -> usr/bin`, ...) are reproduced, so a
+//! job's argv and environment read the same in both modes.
+//!
+//! # Environment of every job
+//!
+//! | variable | value |
+//! |---|---|
+//! | `HYPERCONTAINER_KERNEL` | the guest's PVH `vmlinux` (with [`TestHostBuilder::guest_kernel`]) |
+//! | `HYPERCONTAINER_BZIMAGE` | the guest's `bzImage` (with [`TestHostBuilder::guest_kernel`]) |
+//! | `HYPERCONTAINER_BUSYBOX` | a static busybox |
+//! | `HYPERCONTAINER_QEMU` | `qemu-system-x86_64`, the reference VMM |
+//! | `HYPERCONTAINER_TESTHOST` | `direct` or `emulated` |
+//!
+//! Inside the emulated host jobs run as root with cwd `/tmp` (on the RAM
+//! root filesystem),
+//! `HOME=/tmp`, stdin from `/dev/null`; repository files are not there
+//! unless included with [`TestHostBuilder::include`].
+//!
+//! ```no_run
+//! use hypercontainer_testhost::{HostAssets, Job, Mode, TestHost};
+//!
+//! let mode = Mode::auto(|| HostAssets::from_dir("/var/cache/testhost/6.1.0-99"))?;
+//! let report = TestHost::builder()
+//!     .mode(mode)
+//!     .guest_kernel("/cache/vmlinux", "/cache/bzImage")
+//!     .job(Job::new("smoke", "/target/debug/deps/whole_vm_smoke-0123").args(["--ignored"]))
+//!     .build()?
+//!     .run()?;
+//! for job in &report.jobs {
+//!     println!("{}: exit {}", job.name, job.exit_code);
+//! }
+//! # Ok::<(), hypercontainer_testhost::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod ldd;
+pub mod script;
+
+use hypercontainer::initramfs::{CpioWriter, InitramfsError, Metadata};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The guest's PVH `vmlinux`.
+pub const KERNEL_ENV: &str = hypercontainer::kernel::KERNEL_ENV;
+/// The guest's `bzImage`.
+pub const BZIMAGE_ENV: &str = "HYPERCONTAINER_BZIMAGE";
+/// A static busybox.
+pub const BUSYBOX_ENV: &str = "HYPERCONTAINER_BUSYBOX";
+/// `qemu-system-x86_64`, the reference VMM.
+pub const QEMU_ENV: &str = "HYPERCONTAINER_QEMU";
+/// `direct` or `emulated`.
+pub const MODE_ENV: &str = "HYPERCONTAINER_TESTHOST";
+
+/// x86 firmware QEMU may load from its data directory.
+const QEMU_FIRMWARE: &[&str] = &[
+    "bios-microvm.bin",
+    "qboot.rom",
+    "bios-256k.bin",
+    "bios.bin",
+    "pvh.bin",
+    "linuxboot.bin",
+    "linuxboot_dma.bin",
+    "multiboot.bin",
+    "multiboot_dma.bin",
+    "kvmvapic.bin",
+];
+const QEMU_DATA_DIR: &str = "/usr/share/qemu";
+
+/// Errors of the test host.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The builder was given something unusable.
+    #[error("invalid test host setup: {0}")]
+    Invalid(String),
+    /// An I/O operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ldd` could not list an executable's libraries.
+    #[error("shared libraries of {}: {reason}", .exe.display())]
+    Ldd {
+        /// The executable.
+        exe: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Packing the initramfs failed.
+    #[error("packing the emulated host's initramfs")]
+    Initramfs(#[source] InitramfsError),
+    /// The run took longer than its timeout.
+    #[error("timed out after {after:?} while {during}")]
+    Timeout {
+        /// What was running (`job NAME`, or a boot phase).
+        during: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The emulated host stopped before all jobs ran, or gave up.
+    #[error("emulated host stopped while {during}: {reason}; last console lines:\n{tail}")]
+    HostStopped {
+        /// What was running.
+        during: String,
+        /// Why, as far as known.
+        reason: String,
+        /// The last console lines.
+        tail: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The emulated host's kernel and kvm modules.
+///
+/// On disk (as `cargo xtask testhost-assets` leaves it): `<dir>/vmlinuz`,
+/// `<dir>/modules/*.ko`, and `<dir>/modules.order` naming the module files
+/// one per line in load order.
+#[derive(Debug, Clone)]
+pub struct HostAssets {
+    /// The host kernel (Debian's cloud kernel).
+    pub kernel: PathBuf,
+    /// The kvm modules and their dependencies, in load order.
+    pub modules: Vec<PathBuf>,
+}
+
+impl HostAssets {
+    /// Reads the layout described on [`HostAssets`].
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let order = dir.join("modules.order");
+        let text = std::fs::read_to_string(&order)
+            .map_err(io_err(format!("reading {}", order.display())))?;
+        let modules: Vec<PathBuf> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| dir.join("modules").join(l))
+            .collect();
+        let kernel = dir.join("vmlinuz");
+        for f in modules.iter().chain([&kernel]) {
+            if !f.is_file() {
+                return Err(Error::Invalid(format!("missing {}", f.display())));
+            }
+        }
+        if modules.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{} lists no module",
+                order.display()
+            )));
+        }
+        Ok(HostAssets { kernel, modules })
+    }
+}
+
+/// Where jobs run.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// As child processes of this process (hardware KVM).
+    Direct,
+    /// Inside an emulated KVM host booted from these assets.
+    Emulated(HostAssets),
+}
+
+impl Mode {
+    /// [`Mode::Direct`] on hardware KVM, else [`Mode::Emulated`] with the
+    /// assets `load` returns.
+    pub fn auto(load: impl FnOnce() -> Result<HostAssets>) -> Result<Mode> {
+        if hypercontainer::host::detect_kvm() == hypercontainer::host::KvmKind::Hardware {
+            Ok(Mode::Direct)
+        } else {
+            load().map(Mode::Emulated)
+        }
+    }
+
+    /// `direct` or `emulated`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Emulated(_) => "emulated",
+        }
+    }
+}
+
+/// One program to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+}
+
+impl Job {
+    /// A job named `name` running `program`: an absolute host path (packed
+    /// with its shared libraries in emulated mode) or a command name
+    /// looked up on `PATH` (busybox applets inside).
+    pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        Job {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for this job only.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The outcome of one job.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// The job's name.
+    pub name: String,
+    /// Its exit code (128 + signal number when killed by a signal).
+    pub exit_code: i32,
+    /// Its stdout and stderr, interleaved as they arrived.
+    pub output: String,
+    /// Wall time from its start to its end, as seen by the runner.
+    pub duration: Duration,
+}
+
+impl JobResult {
+    /// Whether the job exited with code 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// `direct` or `emulated`.
+    pub mode: &'static str,
+    /// Emulated: from starting QEMU to the host's `/init` running.
+    pub host_boot: Option<Duration>,
+    /// Emulated: from `/init` starting to `/dev/kvm` being ready.
+    pub kvm_setup: Option<Duration>,
+    /// Emulated: size of the host's initramfs in bytes.
+    pub initramfs_bytes: Option<u64>,
+    /// One result per job, in order.
+    pub jobs: Vec<JobResult>,
+    /// Wall time of the whole run.
+    pub total: Duration,
+}
+
+/// Builder of a [`TestHost`].
+#[derive(Debug, Clone)]
+pub struct TestHostBuilder {
+    mode: Option<Mode>,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+    files: Vec<(PathBuf, Option<String>)>,
+    executables: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    jobs: Vec<Job>,
+    kernel: Option<(PathBuf, PathBuf)>,
+    echo: Option<String>,
+    qemu: Option<PathBuf>,
+    busybox: Option<PathBuf>,
+}
+
+impl Default for TestHostBuilder {
+    fn default() -> Self {
+        TestHostBuilder {
+            mode: None,
+            memory_mib: 2048,
+            cpus: 1,
+            timeout: Duration::from_secs(30 * 60),
+            files: Vec::new(),
+            executables: Vec::new(),
+            env: Vec::new(),
+            jobs: Vec::new(),
+            kernel: None,
+            echo: Some("  | ".into()),
+            qemu: None,
+            busybox: None,
+        }
+    }
+}
+
+impl TestHostBuilder {
+    /// Where to run (required).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Memory of the emulated host in MiB (default 2048).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// vCPUs of the emulated host (default 1).
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// Limit for the whole run (default 30 minutes).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Packs a host file at `inside` (emulated mode only; in direct mode the
+    /// file is where it is on the host).
+    pub fn file(mut self, host: impl Into<PathBuf>, inside: impl Into<String>) -> Self {
+        self.files.push((host.into(), Some(inside.into())));
+        self
+    }
+
+    /// Packs a host file at its [`inside_path`].
+    pub fn include(mut self, host: impl Into<PathBuf>) -> Self {
+        self.files.push((host.into(), None));
+        self
+    }
+
+    /// Packs an executable and the shared libraries `ldd` lists for it.
+    pub fn executable(mut self, host: impl Into<PathBuf>) -> Self {
+        self.executables.push(host.into());
+        self
+    }
+
+    /// Packs the guest kernel and sets `HYPERCONTAINER_KERNEL` and
+    /// `HYPERCONTAINER_BZIMAGE`.
+    pub fn guest_kernel(
+        mut self,
+        vmlinux: impl Into<PathBuf>,
+        bzimage: impl Into<PathBuf>,
+    ) -> Self {
+        self.kernel = Some((vmlinux.into(), bzimage.into()));
+        self
+    }
+
+    /// Sets an environment variable for every job.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds a job; jobs run one after the other, in order.
+    pub fn job(mut self, job: Job) -> Self {
+        self.jobs.push(job);
+        self
+    }
+
+    /// Streams console and job output to stderr, each line prefixed
+    /// (default `"  | "`); `None` keeps quiet.
+    pub fn echo(mut self, prefix: Option<&str>) -> Self {
+        self.echo = prefix.map(str::to_string);
+        self
+    }
+
+    /// The `qemu-system-x86_64` to use (default: found on `PATH`).
+    pub fn qemu(mut self, path: impl Into<PathBuf>) -> Self {
+        self.qemu = Some(path.into());
+        self
+    }
+
+    /// The static busybox to use (default: `busybox` on `PATH`).
+    pub fn busybox(mut self, path: impl Into<PathBuf>) -> Self {
+        self.busybox = Some(path.into());
+        self
+    }
+
+    /// Validates the setup.
+    pub fn build(self) -> Result<TestHost> {
+        let mode = self
+            .mode
+            .ok_or_else(|| Error::Invalid("no mode chosen (see Mode::auto)".into()))?;
+        if self.jobs.is_empty() {
+            return Err(Error::Invalid("no job to run".into()));
+        }
+        if self.memory_mib < 256 || self.cpus == 0 {
+            return Err(Error::Invalid(format!(
+                "{} MiB and {} vCPUs: need at least 256 MiB and 1 vCPU",
+                self.memory_mib, self.cpus
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for job in &self.jobs {
+            if job.name.is_empty() || !seen.insert(job.name.clone()) {
+                return Err(Error::Invalid(format!(
+                    "job names must be unique and non-empty: {:?}",
+                    job.name
+                )));
+            }
+        }
+        let all_env = self.env.iter().chain(self.jobs.iter().flat_map(|j| &j.env));
+        for (k, v) in all_env {
+            let valid = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || v.contains('\0') {
+                return Err(Error::Invalid(format!("bad environment variable {k:?}")));
+            }
+        }
+        let qemu = match self.qemu {
+            Some(q) => q,
+            None => which("qemu-system-x86_64")
+                .ok_or_else(|| Error::Invalid("qemu-system-x86_64 is not on PATH".into()))?,
+        };
+        let busybox = match self.busybox {
+            Some(b) => b,
+            None => {
+                which("busybox").ok_or_else(|| Error::Invalid("busybox is not on PATH".into()))?
+            }
+        };
+        Ok(TestHost {
+            mode,
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            timeout: self.timeout,
+            files: self.files,
+            executables: self.executables,
+            env: self.env,
+            jobs: self.jobs,
+            kernel: self.kernel,
+            echo: self.echo,
+            qemu,
+            busybox,
+        })
+    }
+}
+
+/// A validated set of jobs and where to run them. See the crate docs.
+#[derive(Debug)]
+pub struct TestHost {
+    mode: Mode,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+    files: Vec<(PathBuf, Option<String>)>,
+    executables: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    jobs: Vec<Job>,
+    kernel: Option<(PathBuf, PathBuf)>,
+    echo: Option<String>,
+    qemu: PathBuf,
+    busybox: PathBuf,
+}
+
+/// Where a host file is placed inside the emulated host: its parent
+/// directory with all symlinks resolved, joined with its own name (so a
+/// library's soname link keeps its name but gets the real file's bytes).
+pub fn inside_path(host: &Path) -> Result<PathBuf> {
+    let name = host
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{} has no file name", host.display())))?;
+    let parent = match host.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = parent
+        .canonicalize()
+        .map_err(io_err(format!("resolving {}", parent.display())))?;
+    Ok(parent.join(name))
+}
+
+/// Finds an executable on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn path_str(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Invalid(format!("{} is not UTF-8", p.display())))
+}
+
+/// What goes into the emulated host's initramfs: inside path -> source.
+#[derive(Debug, Default)]
+struct Tree {
+    files: BTreeMap<String, (PathBuf, u32)>,
+}
+
+impl Tree {
+    fn add(&mut self, host: &Path, inside: String, perm: u32) {
+        self.files
+            .entry(inside)
+            .or_insert((host.to_path_buf(), perm));
+    }
+
+    fn add_mirrored(&mut self, host: &Path) -> Result<String> {
+        let inside = path_str(&inside_path(host)?)?;
+        let perm =
+            std::fs::metadata(host).map_err(io_err(format!("reading {}", host.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        self.add(host, inside.clone(), perm.permissions().mode() & 0o7777);
+        Ok(inside)
+    }
+
+    fn add_executable(&mut self, host: &Path) -> Result<String> {
+        let inside = self.add_mirrored(host)?;
+        for lib in ldd::shared_libraries(host)? {
+            self.add_mirrored(&lib)?;
+        }
+        Ok(inside)
+    }
+}
+
+impl TestHost {
+    /// Starts a builder.
+    pub fn builder() -> TestHostBuilder {
+        TestHostBuilder::default()
+    }
+
+    /// Runs every job, in order, and reports their outcomes. A job that
+    /// fails is reported, not an error; the run is an error only when the
+    /// jobs could not all be run.
+    pub fn run(&self) -> Result<Report> {
+        match &self.mode {
+            Mode::Direct => self.run_direct(),
+            Mode::Emulated(assets) => self.run_emulated(assets),
+        }
+    }
+
+    fn echo(&self, line: &str) {
+        if let Some(prefix) = &self.echo {
+            eprintln!("{prefix}{line}");
+        }
+    }
+
+    /// Environment of every job, with paths as they are in `tree` (or on the
+    /// host when `tree` is `None`).
+    fn common_env(&self, mut tree: Option<&mut Tree>) -> Result<Vec<(String, String)>> {
+        let mut env = vec![(MODE_ENV.to_string(), self.mode.name().to_string())];
+        let mut place = |host: &Path, exe: bool| -> Result<String> {
+            match tree.as_deref_mut() {
+                Some(t) if exe => t.add_executable(host),
+                Some(t) => t.add_mirrored(host),
+                None => path_str(&inside_path(host)?),
+            }
+        };
+        if let Some((vmlinux, bzimage)) = &self.kernel {
+            env.push((KERNEL_ENV.into(), place(vmlinux, false)?));
+            env.push((BZIMAGE_ENV.into(), place(bzimage, false)?));
+        }
+        env.push((BUSYBOX_ENV.into(), place(&self.busybox, true)?));
+        env.push((QEMU_ENV.into(), place(&self.qemu, true)?));
+        env.extend(self.env.iter().cloned());
+        Ok(env)
+    }
+
+    fn run_direct(&self) -> Result<Report> {
+        let start = Instant::now();
+        let env = self.common_env(None)?;
+        let mut results = Vec::new();
+        for job in &self.jobs {
+            let remaining = self.timeout.saturating_sub(start.elapsed());
+            results.push(self.run_direct_job(job, &env, remaining)?);
+        }
+        Ok(Report {
+            mode: self.mode.name(),
+            host_boot: None,
+            kvm_setup: None,
+            initramfs_bytes: None,
+            jobs: results,
+            total: start.elapsed(),
+        })
+    }
+
+    fn run_direct_job(
+        &self,
+        job: &Job,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<JobResult> {
+        self.echo(&format!("--- job {} started", job.name));
+        let start = Instant::now();
+        let mut cmd = Command::new(&job.program);
+        cmd.args(&job.args)
+            .envs(env.iter().cloned())
+            .envs(job.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(
+            cmd.spawn()
+                .map_err(io_err(format!("starting {}", job.program.display())))?,
+        );
+        let (tx, rx) = mpsc::channel();
+        let readers = [
+            spawn_reader(
+                child
+                    .0
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                tx.clone(),
+            ),
+            spawn_reader(
+                child
+                    .0
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                tx,
+            ),
+        ];
+        let mut output = String::new();
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok((_, line)) => {
+                    self.echo(&line);
+                    output.push_str(&line);
+                    output.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(Error::Timeout {
+                        during: format!("job {}", job.name),
+                        after: timeout,
+                    })
+                }
+            }
+        }
+        for r in readers.into_iter().flatten() {
+            let _ = r.join();
+        }
+        let status = child
+            .0
+            .wait()
+            .map_err(io_err(format!("waiting for {}", job.name)))?;
+        use std::os::unix::process::ExitStatusExt;
+        let exit_code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let duration = start.elapsed();
+        self.echo(&format!(
+            "--- job {} exited {exit_code} ({:.1}s)",
+            job.name,
+            duration.as_secs_f64()
+        ));
+        Ok(JobResult {
+            name: job.name.clone(),
+            exit_code,
+            output,
+            duration,
+        })
+    }
+
+    /// Packs the emulated host's initramfs into `out` and returns the init
+    /// script's nonce.
+    fn pack(&self, assets: &HostAssets, out: &Path) -> Result<String> {
+        let nonce = random_nonce()?;
+        let mut tree = Tree::default();
+        let env = self.common_env(Some(&mut tree))?;
+        let mut script_jobs = Vec::new();
+        for job in &self.jobs {
+            let program = if job.program.is_absolute() {
+                tree.add_executable(&job.program)?
+            } else {
+                path_str(&job.program)?
+            };
+            let mut argv = vec![program];
+            for a in &job.args {
+                argv.push(
+                    a.to_str()
+                        .ok_or_else(|| Error::Invalid(format!("argument {a:?} is not UTF-8")))?
+                        .to_string(),
+                );
+            }
+            script_jobs.push(script::ScriptJob {
+                argv,
+                env: job.env.clone(),
+            });
+        }
+        for exe in &self.executables {
+            tree.add_executable(exe)?;
+        }
+        for (host, inside) in &self.files {
+            match inside {
+                Some(inside) => {
+                    let name =
+                        hypercontainer::initramfs::normalize(inside).map_err(Error::Initramfs)?;
+                    tree.add(host, format!("/{name}"), 0o644);
+                }
+                None => {
+                    tree.add_mirrored(host)?;
+                }
+            }
+        }
+        for fw in QEMU_FIRMWARE {
+            let host = Path::new(QEMU_DATA_DIR).join(fw);
+            if host.is_file() {
+                tree.add(&host, format!("{QEMU_DATA_DIR}/{fw}"), 0o644);
+            }
+        }
+        if Path::new("/etc/ld.so.cache").is_file() {
+            tree.add(
+                Path::new("/etc/ld.so.cache"),
+                "/etc/ld.so.cache".into(),
+                0o644,
+            );
+        }
+        let mut modules = Vec::new();
+        for (i, m) in assets.modules.iter().enumerate() {
+            let name = m.file_name().unwrap_or_default().to_string_lossy();
+            let inside = format!("/hc/modules/{i:02}-{name}");
+            tree.add(m, inside.clone(), 0o644);
+            modules.push(inside);
+        }
+        let init = script::init_script(&script::ScriptSpec {
+            nonce: nonce.clone(),
+            modules,
+            env: [
+                ("HOME".to_string(), "/tmp".to_string()),
+                ("TMPDIR".into(), "/tmp".into()),
+            ]
+            .into_iter()
+            .chain(env)
+            .collect(),
+            jobs: script_jobs,
+        });
+
+        let file =
+            std::fs::File::create(out).map_err(io_err(format!("creating {}", out.display())))?;
+        let mut w = CpioWriter::new(std::io::BufWriter::new(file));
+        let e = Error::Initramfs;
+        // The host's top-level symlinks (merged /usr), so paths that go
+        // through them resolve as on the host.
+        for top in ["bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
+            if let Ok(target) = std::fs::read_link(Path::new("/").join(top)) {
+                w.symlink(top, path_str(&target)?, Metadata::new(0o777))
+                    .map_err(e)?;
+            }
+        }
+        for d in ["proc", "sys", "dev", "tmp", "root", "etc"] {
+            w.dir(d, Metadata::new(0o755)).map_err(e)?;
+        }
+        w.char_device("dev/console", Metadata::new(0o600), 5, 1)
+            .map_err(e)?;
+        w.file("init", Metadata::new(0o755), init.as_bytes())
+            .map_err(e)?;
+        for (inside, (host, perm)) in &tree.files {
+            w.file_from_path(inside, Metadata::new(*perm), host)
+                .map_err(e)?;
+        }
+        w.finish().map_err(e)?;
+        Ok(nonce)
+    }
+
+    fn run_emulated(&self, assets: &HostAssets) -> Result<Report> {
+        let start = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("hc-testhost-")
+            .tempdir()
+            .map_err(io_err("creating a temporary directory"))?;
+        let cpio = dir.path().join("host.cpio");
+        let nonce = self.pack(assets, &cpio)?;
+        let size = std::fs::metadata(&cpio).map(|m| m.len()).unwrap_or(0);
+        self.echo(&format!(
+            "--- packed {:.1} MiB initramfs in {:.1}s; booting the emulated KVM host",
+            size as f64 / (1024.0 * 1024.0),
+            start.elapsed().as_secs_f64()
+        ));
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(["-accel", "tcg", "-cpu", "max"])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args([
+                "-nodefaults",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(&assets.kernel)
+            .arg("-initrd")
+            .arg(&cpio)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawned = Instant::now();
+        let mut child = KillOnDrop(
+            cmd.spawn()
+                .map_err(io_err(format!("starting {}", self.qemu.display())))?,
+        );
+        // Keep QEMU's stdin open (and idle) for the whole run.
+        let _stdin = child.0.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        let readers = [
+            spawn_reader(
+                child
+                    .0
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                tx.clone(),
+            ),
+            spawn_reader(
+                child
+                    .0
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                tx,
+            ),
+        ];
+        let token = script::token(&nonce);
+        let mut tail: Vec<String> = Vec::new();
+        let mut host_boot = None;
+        let mut kvm_setup = None;
+        let mut results: Vec<JobResult> = Vec::new();
+        let mut current: Option<(usize, Instant, String)> = None;
+        let mut done = false;
+        let mut pending_blank = false;
+        let during = |current: &Option<(usize, Instant, String)>,
+                      results: &Vec<JobResult>,
+                      host_boot: Option<Duration>| {
+            match current {
+                Some((i, _, _)) => format!("job {}", self.jobs[*i].name),
+                None if host_boot.is_none() => "booting the emulated host".to_string(),
+                None if results.len() < self.jobs.len() => {
+                    "setting up kvm or between jobs".to_string()
+                }
+                None => "powering off".to_string(),
+            }
+        };
+        let deadline = start + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (_, line) = match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(l) => l,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(Error::Timeout {
+                        during: during(&current, &results, host_boot),
+                        after: self.timeout,
+                    })
+                }
+            };
+            for ev in script::classify(&token, &line) {
+                match ev {
+                    script::Event::Output(text) => {
+                        // Firmware noise before the kernel's init is kept
+                        // for error reports only; a job's last blank line
+                        // may be the one the init adds before END.
+                        if host_boot.is_some() {
+                            if current.is_some() && text.is_empty() {
+                                pending_blank = true;
+                            } else {
+                                if std::mem::take(&mut pending_blank) {
+                                    self.echo("");
+                                }
+                                self.echo(&text);
+                            }
+                        }
+                        tail.push(text.clone());
+                        if tail.len() > 40 {
+                            tail.remove(0);
+                        }
+                        if let Some((_, _, out)) = current.as_mut() {
+                            out.push_str(&text);
+                            out.push('\n');
+                        }
+                    }
+                    script::Event::Init => {
+                        host_boot = Some(spawned.elapsed());
+                        self.echo(&format!(
+                            "--- emulated host up in {:.1}s; loading kvm",
+                            spawned.elapsed().as_secs_f64()
+                        ));
+                    }
+                    script::Event::KvmReady => {
+                        kvm_setup = host_boot.map(|b| spawned.elapsed().saturating_sub(b));
+                        self.echo("--- /dev/kvm ready");
+                    }
+                    script::Event::Begin(i) if i < self.jobs.len() => {
+                        self.echo(&format!("--- job {} started", self.jobs[i].name));
+                        current = Some((i, Instant::now(), String::new()));
+                    }
+                    script::Event::End { idx, code } => {
+                        pending_blank = false;
+                        if let Some((i, began, mut out)) = current.take() {
+                            if i == idx {
+                                if out.ends_with('\n') {
+                                    out.pop();
+                                }
+                                let duration = began.elapsed();
+                                self.echo(&format!(
+                                    "--- job {} exited {code} ({:.1}s)",
+                                    self.jobs[i].name,
+                                    duration.as_secs_f64()
+                                ));
+                                results.push(JobResult {
+                                    name: self.jobs[i].name.clone(),
+                                    exit_code: code,
+                                    output: out,
+                                    duration,
+                                });
+                            }
+                        }
+                    }
+                    script::Event::Fatal(reason) => {
+                        return Err(Error::HostStopped {
+                            during: during(&current, &results, host_boot),
+                            reason,
+                            tail: tail.join("\n"),
+                        })
+                    }
+                    script::Event::Done => done = true,
+                    script::Event::Begin(_) => {}
+                }
+            }
+        }
+        for r in readers.into_iter().flatten() {
+            let _ = r.join();
+        }
+        let status = child.0.wait().map_err(io_err("waiting for QEMU"))?;
+        if !done || results.len() != self.jobs.len() {
+            return Err(Error::HostStopped {
+                during: during(&current, &results, host_boot),
+                reason: format!("QEMU exited ({status}) before all jobs ran"),
+                tail: tail.join("\n"),
+            });
+        }
+        Ok(Report {
+            mode: self.mode.name(),
+            host_boot,
+            kvm_setup,
+            initramfs_bytes: Some(size),
+            jobs: results,
+            total: start.elapsed(),
+        })
+    }
+}
+
+/// Kills and reaps the child if it is still running when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+type Reader = Option<std::thread::JoinHandle<()>>;
+
+/// Reads lines (lossy UTF-8, `\r` stripped) and sends them with their
+/// arrival time.
+fn spawn_reader(src: Option<Box<dyn Read + Send>>, tx: mpsc::Sender<(Instant, String)>) -> Reader {
+    let src = src?;
+    Some(std::thread::spawn(move || {
+        let mut r = BufReader::new(src);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                        buf.pop();
+                    }
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    if tx.send((Instant::now(), line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+fn random_nonce() -> Result<String> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_err("reading /dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_differ() {
+        let a = random_nonce().unwrap();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, random_nonce().unwrap());
+    }
+
+    #[test]
+    fn builder_validates() {
+        assert!(matches!(
+            TestHost::builder().build(),
+            Err(Error::Invalid(_))
+        ));
+        let base = || {
+            TestHost::builder()
+                .mode(Mode::Direct)
+                .qemu("/q")
+                .busybox("/b")
+        };
+        assert!(base().build().is_err(), "no jobs");
+        assert!(base().job(Job::new("a", "true")).build().is_ok());
+        assert!(base()
+            .job(Job::new("a", "true"))
+            .job(Job::new("a", "true"))
+            .build()
+            .is_err());
+        assert!(base()
+            .job(Job::new("a", "true").env("BAD-NAME", "x"))
+            .build()
+            .is_err());
+        assert!(base()
+            .memory_mib(64)
+            .job(Job::new("a", "true"))
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn direct_mode_runs_jobs_and_reports() {
+        let host = TestHost::builder()
+            .mode(Mode::Direct)
+            .qemu("/usr/bin/true")
+            .busybox("/usr/bin/true")
+            .env("SHARED", "s")
+            .echo(None)
+            .job(
+                Job::new("ok", "/bin/sh")
+                    .args([
+                        "-c",
+                        "echo out; echo err >&2; echo $SHARED$OWN $HYPERCONTAINER_TESTHOST",
+                    ])
+                    .env("OWN", "o"),
+            )
+            .job(Job::new("fail", "/bin/sh").args(["-c", "exit 3"]))
+            .build()
+            .unwrap();
+        let report = host.run().unwrap();
+        assert_eq!(report.jobs.len(), 2);
+        let ok = &report.jobs[0];
+        assert!(ok.success());
+        assert!(ok.output.contains("out\n") && ok.output.contains("err\n"));
+        assert!(ok.output.contains("so direct\n"), "{}", ok.output);
+        assert_eq!(report.jobs[1].exit_code, 3);
+    }
+
+    #[test]
+    fn direct_mode_times_out_naming_the_job() {
+        let host = TestHost::builder()
+            .mode(Mode::Direct)
+            .qemu("/usr/bin/true")
+            .busybox("/usr/bin/true")
+            .timeout(Duration::from_millis(300))
+            .echo(None)
+            .job(Job::new("sleeper", "/bin/sh").args(["-c", "sleep 5"]))
+            .build()
+            .unwrap();
+        let err = host.run().unwrap_err();
+        assert!(err.to_string().contains("job sleeper"), "{err}");
+    }
+
+    #[test]
+    fn inside_path_resolves_parent_symlinks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("lib.so.1.2"), b"x").unwrap();
+        std::os::unix::fs::symlink("lib.so.1.2", real.join("lib.so.1")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        let got = inside_path(&dir.path().join("link/lib.so.1")).unwrap();
+        assert_eq!(got, real.canonicalize().unwrap().join("lib.so.1"));
+    }
+
+    #[test]
+    fn assets_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(HostAssets::from_dir(dir.path()).is_err());
+        std::fs::create_dir(dir.path().join("modules")).unwrap();
+        std::fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+        std::fs::write(dir.path().join("modules/a.ko"), b"a").unwrap();
+        std::fs::write(dir.path().join("modules/b.ko"), b"b").unwrap();
+        std::fs::write(dir.path().join("modules.order"), "b.ko\na.ko\n").unwrap();
+        let a = HostAssets::from_dir(dir.path()).unwrap();
+        assert_eq!(a.modules[0], dir.path().join("modules/b.ko"));
+        assert_eq!(a.modules[1], dir.path().join("modules/a.ko"));
+        std::fs::write(dir.path().join("modules.order"), "c.ko\n").unwrap();
+        assert!(HostAssets::from_dir(dir.path()).is_err());
+    }
+}

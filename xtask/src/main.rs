@@ -1,1 +1,59 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `deps`: installs the missing system packages.
+//! - `kernel`: builds the guest kernel into the cache (cached by key).
+//! - `testhost-assets`: fetches the emulated KVM host's kernel and modules.
+//! - `test`: the whole test suite (what CI runs).
+//! - `run [-- <example> [args]]`: the main job, on hardware KVM or inside
+//!   the emulated KVM host.
+//! - `whole-vm`: only the whole-VM tests.
+//! - `fuzz [SECONDS]`: builds the fuzz targets and runs each briefly.
+
+mod assets;
+mod ci;
+mod deps;
+mod fuzz;
+mod kernel;
+mod run;
+mod util;
+mod wholevm;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  deps              install missing system packages (apt)
+  kernel            build the guest kernel into the cache
+  testhost-assets   fetch the emulated KVM host's kernel and kvm modules
+  test              run every check and test (what CI runs)
+  run [-- EXAMPLE [ARGS]]
+                    run the main job (default: boot the guest kernel under
+                    QEMU microvm), inside the emulated KVM host when this
+                    machine has no hardware KVM
+  whole-vm          run only the whole-VM tests
+  fuzz [SECONDS]    build all fuzz targets and run each for SECONDS (20)";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    let res = match args.first().map(String::as_str) {
+        Some("deps") => deps::cmd(),
+        Some("kernel") => kernel::cmd(),
+        Some("testhost-assets") => assets::cmd(),
+        Some("test") => ci::cmd(),
+        Some("whole-vm") => ci::whole_vm_cmd(),
+        Some("run") => run::cmd(rest),
+        Some("fuzz") => fuzz::cmd(rest),
+        Some("help" | "-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = res {
+        eprintln!("error: {}", util::report(&e));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,241 @@
+//! The emulated host's `/init` script and the console markers it prints.
+//!
+//! Every marker line carries a random per-run token (`HCTH-<nonce>`), so
+//! nothing a test prints can be mistaken for one by accident.
+
+use std::fmt::Write as _;
+
+/// Quotes `s` for a POSIX shell (single quotes, `'` spelled `'\''`).
+pub fn sh_quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            q.push_str("'\\''");
+        } else {
+            q.push(c);
+        }
+    }
+    q.push('\'');
+    q
+}
+
+/// A job as the init script runs it: argv and env already in inside paths.
+#[derive(Debug, Clone)]
+pub struct ScriptJob {
+    /// argv, program first.
+    pub argv: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Everything the init script needs.
+#[derive(Debug, Clone)]
+pub struct ScriptSpec {
+    /// The per-run token of the markers.
+    pub nonce: String,
+    /// Kernel modules, in load order (inside paths).
+    pub modules: Vec<String>,
+    /// Environment given to every job.
+    pub env: Vec<(String, String)>,
+    /// The jobs, run in order.
+    pub jobs: Vec<ScriptJob>,
+}
+
+/// The marker token of a run.
+pub fn token(nonce: &str) -> String {
+    format!("HCTH-{nonce}")
+}
+
+/// Writes the `/init` shell script (run by `/bin/busybox sh`).
+pub fn init_script(spec: &ScriptSpec) -> String {
+    let t = token(&spec.nonce);
+    let mut s = String::new();
+    s.push_str("#!/bin/busybox sh\n");
+    s.push_str("# Emulated KVM host init: generated for one run.\n");
+    s.push_str("/bin/busybox --install -s /bin 2>/dev/null\n");
+    s.push_str("export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n");
+    s.push_str("mount -t proc proc /proc\nmount -t sysfs sys /sys\n");
+    s.push_str("mount -t devtmpfs dev /dev\n");
+    // The root is already a RAM filesystem: /tmp stays on it, so files
+    // packed below /tmp remain visible.
+    s.push_str("mkdir -p /tmp && chmod 1777 /tmp\n");
+    let _ = writeln!(s, "fatal() {{ echo \"{t} FATAL $*\"; poweroff -f; }}");
+    let _ = writeln!(s, "echo \"{t} INIT $(cut -d' ' -f1 /proc/uptime)\"");
+    for m in &spec.modules {
+        let _ = writeln!(
+            s,
+            "insmod {q} || fatal \"insmod {m} failed\"",
+            q = sh_quote(m),
+            m = m.replace(['"', '$', '`', '\\'], "_")
+        );
+    }
+    s.push_str("[ -c /dev/kvm ] || fatal \"no /dev/kvm after loading the modules\"\n");
+    let _ = writeln!(s, "echo \"{t} KVM $(cut -d' ' -f1 /proc/uptime)\"");
+    s.push_str("cd /tmp\n");
+    for (k, v) in &spec.env {
+        let _ = writeln!(s, "export {k}={}", sh_quote(v));
+    }
+    for (i, job) in spec.jobs.iter().enumerate() {
+        let _ = writeln!(s, "echo \"{t} BEGIN {i}\"");
+        let mut line = String::from("(");
+        for (k, v) in &job.env {
+            let _ = write!(line, " export {k}={};", sh_quote(v));
+        }
+        line.push_str(" exec");
+        for a in &job.argv {
+            line.push(' ');
+            line.push_str(&sh_quote(a));
+        }
+        line.push_str(" ) </dev/null\n");
+        s.push_str(&line);
+        // The newline before END ends a last output line that lacks one;
+        // the parser removes it again.
+        let _ = writeln!(s, "printf '\\n{t} END {i} %s\\n' \"$?\"");
+    }
+    let _ = writeln!(s, "echo \"{t} DONE\"");
+    s.push_str("poweroff -f\n");
+    s
+}
+
+/// What one console line means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Ordinary output.
+    Output(String),
+    /// The init script started.
+    Init,
+    /// The kvm modules are loaded and /dev/kvm exists.
+    KvmReady,
+    /// Job `idx` starts.
+    Begin(usize),
+    /// Job `idx` ended with `code`; `before` is text printed on the same
+    /// line before the marker.
+    End {
+        /// Job index.
+        idx: usize,
+        /// Exit code.
+        code: i32,
+    },
+    /// The init script gave up.
+    Fatal(String),
+    /// All jobs ran.
+    Done,
+}
+
+/// Classifies one console line (without its line ending). Text before a
+/// marker on the same line is returned as output first.
+pub fn classify(token: &str, line: &str) -> Vec<Event> {
+    let line = line.trim_end_matches('\r');
+    let Some(at) = line.find(token) else {
+        return vec![Event::Output(line.to_string())];
+    };
+    let mut events = Vec::new();
+    if at > 0 {
+        events.push(Event::Output(line[..at].to_string()));
+    }
+    let rest = line[at + token.len()..].trim();
+    let mut words = rest.split_whitespace();
+    let ev = match words.next() {
+        Some("INIT") => Some(Event::Init),
+        Some("KVM") => Some(Event::KvmReady),
+        Some("DONE") => Some(Event::Done),
+        Some("BEGIN") => words.next().and_then(|i| i.parse().ok()).map(Event::Begin),
+        Some("END") => {
+            let idx = words.next().and_then(|i| i.parse().ok());
+            let code = words.next().and_then(|c| c.parse().ok());
+            idx.zip(code).map(|(idx, code)| Event::End { idx, code })
+        }
+        Some("FATAL") => Some(Event::Fatal(
+            rest.strip_prefix("FATAL")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        )),
+        _ => None,
+    };
+    // A malformed marker is kept as output rather than dropped.
+    events.push(ev.unwrap_or_else(|| Event::Output(line[at..].to_string())));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("abc"), "'abc'");
+        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
+        assert_eq!(sh_quote("$(x) `y` \"z\""), "'$(x) `y` \"z\"'");
+        assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn markers() {
+        let t = token("00ff");
+        assert_eq!(classify(&t, "hello\r"), vec![Event::Output("hello".into())]);
+        assert_eq!(classify(&t, "HCTH-00ff INIT 1.23"), vec![Event::Init]);
+        assert_eq!(classify(&t, "HCTH-00ff KVM 1.9"), vec![Event::KvmReady]);
+        assert_eq!(classify(&t, "HCTH-00ff BEGIN 3"), vec![Event::Begin(3)]);
+        assert_eq!(
+            classify(&t, "HCTH-00ff END 3 101\r"),
+            vec![Event::End { idx: 3, code: 101 }]
+        );
+        assert_eq!(
+            classify(&t, "partialHCTH-00ff END 0 0"),
+            vec![
+                Event::Output("partial".into()),
+                Event::End { idx: 0, code: 0 }
+            ]
+        );
+        assert_eq!(
+            classify(&t, "HCTH-00ff FATAL no /dev/kvm"),
+            vec![Event::Fatal("no /dev/kvm".into())]
+        );
+        assert_eq!(classify(&t, "HCTH-00ff DONE"), vec![Event::Done]);
+        // Another run's token, or a malformed marker, is plain output.
+        assert_eq!(
+            classify(&t, "HCTH-1234 END 0 0"),
+            vec![Event::Output("HCTH-1234 END 0 0".into())]
+        );
+        assert_eq!(
+            classify(&t, "HCTH-00ff END x"),
+            vec![Event::Output("HCTH-00ff END x".into())]
+        );
+    }
+
+    #[test]
+    fn script_runs_modules_then_jobs() {
+        let spec = ScriptSpec {
+            nonce: "abcd".into(),
+            modules: vec![
+                "/hc/modules/irqbypass.ko".into(),
+                "/hc/modules/kvm.ko".into(),
+            ],
+            env: vec![("HYPERCONTAINER_QEMU".into(), "/usr/bin/qemu".into())],
+            jobs: vec![
+                ScriptJob {
+                    argv: vec!["/t/test bin".into(), "--ignored".into()],
+                    env: vec![("A".into(), "it's".into())],
+                },
+                ScriptJob {
+                    argv: vec!["true".into()],
+                    env: vec![],
+                },
+            ],
+        };
+        let s = init_script(&spec);
+        assert!(s.starts_with("#!/bin/busybox sh\n"));
+        let irq = s.find("insmod '/hc/modules/irqbypass.ko'").unwrap();
+        let kvm = s.find("insmod '/hc/modules/kvm.ko'").unwrap();
+        let check = s.find("[ -c /dev/kvm ]").unwrap();
+        let job0 = s.find("echo \"HCTH-abcd BEGIN 0\"").unwrap();
+        let job1 = s.find("echo \"HCTH-abcd BEGIN 1\"").unwrap();
+        assert!(irq < kvm && kvm < check && check < job0 && job0 < job1);
+        assert!(s.contains("export HYPERCONTAINER_QEMU='/usr/bin/qemu'\n"));
+        assert!(s.contains("( export A='it'\\''s'; exec '/t/test bin' '--ignored' ) </dev/null\n"));
+        assert!(s.contains("printf '\\nHCTH-abcd END 1 %s\\n' \"$?\"\n"));
+        assert!(s.trim_end().ends_with("poweroff -f"));
+    }
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask run [-- <example> [args]]`: the project's main job.
+//!
+//! Builds an example of the workspace and runs it where a guest can boot:
+//! directly on hardware KVM, inside the emulated KVM host elsewhere, with
+//! its output streamed. Without an example it runs [`default_payload`].
+
+use crate::kernel::BuiltKernel;
+use crate::util::{cargo, fail, IoContext, Result};
+use hypercontainer::initramfs::{CpioWriter, Metadata};
+use hypercontainer_testhost::{Job, Mode, TestHost};
+use std::io::{BufRead, BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// What `cargo xtask run` runs.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Boots the guest kernel with a busybox initramfs under QEMU microvm
+    /// and prints the guest's console.
+    GuestBootDemo,
+    /// An `[[example]]` of the `hypercontainer-examples` package.
+    Example {
+        /// The example's name.
+        name: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+}
+
+/// The payload of a bare `cargo xtask run`. When the SDK's own `run`
+/// example exists, return `Payload::Example { name: "run".into(), args }`
+/// here.
+pub fn default_payload() -> Payload {
+    Payload::GuestBootDemo
+}
+
+fn build_example(name: &str) -> Result<PathBuf> {
+    let mut child = cargo()
+        .args([
+            "build",
+            "--package",
+            "hypercontainer-examples",
+            "--example",
+            name,
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .ctx(|| "starting cargo build".into())?;
+    let mut exe = None;
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(|l| l.ok())
+    {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == name {
+            if let Some(e) = v["executable"].as_str() {
+                exe = Some(PathBuf::from(e));
+            }
+        }
+    }
+    let status = child.wait().ctx(|| "waiting for cargo build".into())?;
+    if !status.success() {
+        return fail(format!("building example {name} failed: {status}"));
+    }
+    exe.ok_or_else(|| {
+        crate::util::Error::Failed(format!("cargo built no executable for example {name}"))
+    })
+}
+
+/// Packs the demo's initramfs: busybox and an /init that greets and reboots.
+fn demo_initramfs(path: &Path) -> Result<()> {
+    let busybox = hypercontainer_testhost::which("busybox")
+        .ok_or_else(|| crate::util::Error::Failed("busybox is not installed".into()))?;
+    let file = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
+    let init = "#!/bin/busybox sh\n\
+        /bin/busybox mount -t proc proc /proc\n\
+        /bin/busybox echo \"Hello from the HyperContainer guest kernel $(/bin/busybox uname -r)\"\n\
+        /bin/busybox echo \"uptime: $(/bin/busybox cut -d' ' -f1 /proc/uptime) s, memory: $(/bin/busybox grep MemTotal /proc/meminfo)\"\n\
+        /bin/busybox reboot -f\n";
+    let mut w = CpioWriter::new(BufWriter::new(file));
+    let res = (|| {
+        w.dir("proc", Metadata::new(0o755))?
+            .char_device("dev/console", Metadata::new(0o600), 5, 1)?
+            .file_from_path("bin/busybox", Metadata::new(0o755), &busybox)?
+            .file("init", Metadata::new(0o755), init.as_bytes())?;
+        Ok::<_, hypercontainer::initramfs::InitramfsError>(())
+    })();
+    res.and_then(|()| w.finish().map(drop)).map_err(|e| {
+        crate::util::Error::Failed(format!(
+            "packing the demo initramfs: {}",
+            crate::util::report(&e)
+        ))
+    })
+}
+
+/// `cargo xtask run`.
+pub fn cmd(args: &[String]) -> Result<()> {
+    let args: Vec<String> = args.iter().skip_while(|a| *a == "--").cloned().collect();
+    let payload = match args.split_first() {
+        Some((name, rest)) => Payload::Example {
+            name: name.clone(),
+            args: rest.to_vec(),
+        },
+        None => default_payload(),
+    };
+    crate::deps::ensure_apt()?;
+    let kernel: BuiltKernel = crate::kernel::ensure()?;
+    let mode = if hypercontainer::host::detect_kvm() == hypercontainer::host::KvmKind::Hardware {
+        Mode::Direct
+    } else {
+        Mode::Emulated(crate::assets::ensure()?)
+    };
+    let tmp = tempfile_dir()?;
+    let mut builder = TestHost::builder()
+        .mode(mode)
+        .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
+        .echo(Some(""));
+    let job = match payload {
+        Payload::GuestBootDemo => {
+            let initrd = tmp.join("demo.cpio");
+            demo_initramfs(&initrd)?;
+            let qemu = hypercontainer_testhost::which("qemu-system-x86_64").ok_or_else(|| {
+                crate::util::Error::Failed("qemu-system-x86_64 is not installed".into())
+            })?;
+            let vmlinux = hypercontainer_testhost::inside_path(&kernel.vmlinux)?;
+            let initrd_inside = hypercontainer_testhost::inside_path(&initrd)?;
+            builder = builder.include(&initrd);
+            Job::new("guest-boot-demo", qemu)
+                .args(["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off"])
+                .args(["-enable-kvm", "-cpu", "host", "-m", "128"])
+                .args([
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-nographic",
+                    "-serial",
+                    "stdio",
+                ])
+                .arg("-kernel")
+                .arg(vmlinux)
+                .arg("-initrd")
+                .arg(initrd_inside)
+                .args([
+                    "-append",
+                    "console=ttyS0 reboot=t panic=-1 quiet",
+                    "-no-reboot",
+                ])
+        }
+        Payload::Example { name, args } => {
+            let exe = build_example(&name)?;
+            Job::new(name, exe).args(args)
+        }
+    };
+    let report = builder.job(job).build()?.run();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let report = report?;
+    if let Some(b) = report.host_boot {
+        eprintln!("(emulated KVM host booted in {:.1}s)", b.as_secs_f64());
+    }
+    let job = &report.jobs[0];
+    if !job.success() {
+        return fail(format!("{} exited with {}", job.name, job.exit_code));
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("hc-xtask-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,123 @@
+//! Finding and running the whole-VM tests: every integration test target
+//! named `whole_vm_*` in any workspace crate, run with `--ignored
+//! --test-threads=1`, directly on hardware KVM or in one boot of the
+//! emulated KVM host elsewhere.
+
+use crate::kernel::BuiltKernel;
+use crate::util::{cargo, fail, IoContext, Result};
+use hypercontainer_testhost::{Job, Mode, Report, TestHost};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Prefix of the integration test targets that need a whole VM.
+pub const TARGET_PREFIX: &str = "whole_vm_";
+
+/// A test binary built by cargo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestBinary {
+    /// `<package>/<target>`.
+    pub name: String,
+    /// Path of the executable.
+    pub executable: PathBuf,
+}
+
+/// Picks the whole-VM test executables out of `cargo --message-format=json`
+/// output.
+pub fn parse_artifacts(json_lines: &str) -> Vec<TestBinary> {
+    let mut out = Vec::new();
+    for line in json_lines.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let target = &v["target"];
+        let is_test = target["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        let name = target["name"].as_str().unwrap_or_default();
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        if !is_test || !name.starts_with(TARGET_PREFIX) {
+            continue;
+        }
+        // package_id is like "path+file:///.../hypercontainer#0.1.0" or
+        // "...#name@0.1.0"; the manifest path is simpler to read.
+        let package = v["manifest_path"]
+            .as_str()
+            .and_then(|m| std::path::Path::new(m).parent()?.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push(TestBinary {
+            name: format!("{package}/{name}"),
+            executable: PathBuf::from(exe),
+        });
+    }
+    out
+}
+
+/// Builds the workspace's tests (same profile as `cargo test --workspace`)
+/// and returns the whole-VM test binaries.
+pub fn build() -> Result<Vec<TestBinary>> {
+    let mut child = cargo()
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .ctx(|| "starting cargo test --no-run".into())?;
+    let mut text = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(|l| l.ok())
+    {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait().ctx(|| "waiting for cargo".into())?;
+    if !status.success() {
+        return fail(format!("building the tests failed: {status}"));
+    }
+    Ok(parse_artifacts(&text))
+}
+
+/// Runs the given test binaries' ignored tests through the test host.
+pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
+    let mut builder = TestHost::builder()
+        .mode(mode)
+        .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
+        .env("RUST_BACKTRACE", "1")
+        .timeout(Duration::from_secs(40 * 60))
+        .echo(Some("  vm| "));
+    for b in binaries {
+        builder =
+            builder.job(Job::new(&b.name, &b.executable).args(["--ignored", "--test-threads=1"]));
+    }
+    Ok(builder.build()?.run()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_whole_vm_test_targets() {
+        let lines = [
+            r#"{"reason":"compiler-artifact","manifest_path":"/r/hypercontainer/Cargo.toml","target":{"kind":["test"],"name":"whole_vm_smoke"},"executable":"/t/debug/deps/whole_vm_smoke-1"}"#,
+            r#"{"reason":"compiler-artifact","manifest_path":"/r/hypercontainer/Cargo.toml","target":{"kind":["test"],"name":"kvm_plumbing"},"executable":"/t/debug/deps/kvm_plumbing-2"}"#,
+            r#"{"reason":"compiler-artifact","manifest_path":"/r/hypercontainer/Cargo.toml","target":{"kind":["lib"],"name":"whole_vm_lib"},"executable":null}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+            "not json",
+        ]
+        .join("\n");
+        assert_eq!(
+            parse_artifacts(&lines),
+            [TestBinary {
+                name: "hypercontainer/whole_vm_smoke".into(),
+                executable: "/t/debug/deps/whole_vm_smoke-1".into()
+            }]
+        );
+    }
+}
