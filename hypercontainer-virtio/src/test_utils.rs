@@ -102,8 +102,8 @@ impl TestDesc {
     }
 }
 
-/// Place `descs` as one chain at descriptor-table index `first` of `vq` and
-/// make it available.
+/// Place `descs` as one chain starting at descriptor-table index `first`
+/// of `vq` (indices wrap at the queue size) and make it available.
 pub fn add_chain<M: vm_memory::GuestMemory>(
     vq: &virtio_queue::mock::MockSplitQueue<'_, M>,
     first: u16,
@@ -111,37 +111,48 @@ pub fn add_chain<M: vm_memory::GuestMemory>(
 ) {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    let size = (vq.desc_table().total_size() / 16) as u16;
     let n = descs.len();
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut flags = if d.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            let mut next = 0;
-            if i + 1 < n {
-                flags |= VRING_DESC_F_NEXT as u16;
-                next = first + i as u16 + 1;
-            }
-            RawDescriptor::from(Descriptor::new(d.addr, d.len, flags, next))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, first)
-        .expect("writing the test chain");
+    for (i, d) in descs.iter().enumerate() {
+        let index = (first as usize + i) % size as usize;
+        let mut flags = if d.write {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        let mut next = 0;
+        if i + 1 < n {
+            flags |= VRING_DESC_F_NEXT as u16;
+            next = ((index + 1) % size as usize) as u16;
+        }
+        let raw = RawDescriptor::from(Descriptor::new(d.addr, d.len, flags, next));
+        vq.desc_table()
+            .store(index as u16, raw)
+            .expect("writing a test descriptor");
+    }
+    let idx = vq.avail().idx().load();
+    vq.avail()
+        .ring()
+        .ref_at((idx % size) as usize)
+        .expect("avail ring slot")
+        .store(first % size);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    vq.avail().idx().store(idx.wrapping_add(1));
 }
 
-/// The `i`-th used-ring entry of `vq` as `(head index, length)`, or `None`
-/// when the device has not used that many chains.
+/// The `i`-th used-ring entry of `vq` (counting from 0, wrapping) as
+/// `(head index, length)`, or `None` when the device has not used that many
+/// chains yet.
 pub fn used_entry<M: vm_memory::GuestMemory>(
     vq: &virtio_queue::mock::MockSplitQueue<'_, M>,
     i: u16,
 ) -> Option<(u32, u32)> {
-    if vq.used().idx().load() <= i {
+    let size = (vq.desc_table().total_size() / 16) as u16;
+    let used = vq.used().idx().load();
+    let ahead = used.wrapping_sub(i);
+    if ahead == 0 || ahead > size {
         return None;
     }
-    let e = vq.used().ring().ref_at(i as usize).ok()?.load();
+    let e = vq.used().ring().ref_at((i % size) as usize).ok()?.load();
     Some((e.id(), e.len()))
 }
