@@ -8,6 +8,12 @@
 //! stdio, and powers the VM off (`reboot(RESTART)`, the kernel runs with
 //! `reboot=k`) when the main process has ended and everything is flushed.
 //!
+//! Where vsock is not available (e.g. a stock VMM without a vsock
+//! backend), the kernel command line option
+//! `hypercontainer.agent_console=<name>` makes the agent talk over the
+//! virtio console `/dev/<name>` (put in raw mode) instead; the protocol is
+//! the same.
+//!
 //! Host tier (`--fd N`): serves the protocol over the already connected
 //! stream socket `N`, in the namespaces it was started in (the caller
 //! provides private mount, pid, uts and ipc namespaces), and exits at the
@@ -86,6 +92,60 @@ fn vsock_connect() -> io::Result<OwnedFd> {
     }
 }
 
+/// The console named by `hypercontainer.agent_console=` on the kernel
+/// command line, if any.
+fn console_transport() -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("hypercontainer.agent_console="))
+        .map(str::to_string)
+}
+
+/// Opens a virtio console as the connection, in raw mode.
+fn console_connect(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.contains('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad console name {name:?}"),
+        ));
+    }
+    let path = sys::cpath(&std::path::Path::new("/dev").join(name))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let fd = loop {
+        // SAFETY: path is a valid C string.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            break fd;
+        }
+        let e = io::Error::last_os_error();
+        if std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // SAFETY: fd is a fresh descriptor we now own.
+    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: termios is plain data, filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open and t is a valid termios.
+    if unsafe { libc::tcgetattr(fd, &mut t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: t is a valid termios.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: fd is open and t is a valid termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(conn)
+}
+
 /// Ends the VM: flush filesystems, then reset (the VMM's end-of-VM signal).
 fn power_off() -> ! {
     // SAFETY: sync has no preconditions.
@@ -135,7 +195,11 @@ fn main() {
                 fatal(mode, "early mounts", &e);
             }
             sys::ensure_std_fds(c"/dev/console");
-            match vsock_connect() {
+            let conn = match console_transport() {
+                Some(name) => console_connect(&name),
+                None => vsock_connect(),
+            };
+            match conn {
                 Ok(c) => c,
                 Err(e) => fatal(mode, "connecting to the host", &e),
             }

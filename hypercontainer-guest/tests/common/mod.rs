@@ -1,0 +1,308 @@
+//! Shared host side of the agent tests: the image, a protocol client, and
+//! what a run produced.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hypercontainer_protocol::codec::{read_message, write_message};
+use hypercontainer_protocol::{
+    ErrorKind, Hello, Message, Process, ProcessId, Rootfs, Start, MAX_DATA_CHUNK, STDIN_WINDOW,
+};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAIN: ProcessId = 1;
+
+pub fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The image's rootfs, built once per test binary: umoci init/new/unpack,
+/// add busybox and its applet links, users and groups, repack, and unpack
+/// the new image into a bundle.
+pub fn image_rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hc-agent-image")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let layout = dir.join("layout");
+        let image = format!("{}:test", layout.display());
+        run(Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &image]));
+        let work = dir.join("work");
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&work));
+        let root = work.join("rootfs");
+        for d in ["bin", "etc", "home/app", "data/sub"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/group"),
+            "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
+        )
+        .unwrap();
+        run(Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&work));
+        let bundle = dir.join("bundle");
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle));
+        bundle.join("rootfs")
+    })
+}
+
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("HYPERCONTAINER_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_hypercontainer-agent").into())
+}
+
+pub fn process(argv: &[&str]) -> Process {
+    Process {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        ..Process::default()
+    }
+}
+
+pub fn sh(script: &str) -> Process {
+    process(&["sh", "-c", script])
+}
+
+/// One agent and the host side of its connection.
+pub struct Session {
+    pub conn: UnixStream,
+    rx: Receiver<Message>,
+    agent: Child,
+    pub log: Vec<Message>,
+    unacked: HashMap<ProcessId, u32>,
+    rootfs: Rootfs,
+    _keep: Option<tempfile::TempDir>,
+}
+
+impl Session {
+    /// A session over a connected stream to an agent run by `agent`; Start
+    /// messages use `rootfs`; `keep` is deleted when the session ends.
+    pub fn over(
+        conn: UnixStream,
+        agent: Child,
+        rootfs: Rootfs,
+        keep: Option<tempfile::TempDir>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let mut reader = conn.try_clone().unwrap();
+        std::thread::spawn(move || {
+            while let Ok(Some(m)) = read_message(&mut reader) {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Session {
+            conn,
+            rx,
+            agent,
+            log: Vec::new(),
+            unacked: HashMap::new(),
+            rootfs,
+            _keep: keep,
+        };
+        s.send(&Message::Hello(Hello::new("agent test host")));
+        s
+    }
+
+    pub fn send(&mut self, m: &Message) {
+        write_message(&mut self.conn, m).unwrap();
+    }
+
+    pub fn start_with(&mut self, f: impl FnOnce(&mut Start)) {
+        let mut start = Start {
+            id: MAIN,
+            rootfs: self.rootfs.clone(),
+            process: Process::default(),
+            hostname: "sandbox".into(),
+            hosts: None,
+            resolv_conf: None,
+        };
+        f(&mut start);
+        self.send(&Message::Start(Box::new(start)));
+    }
+
+    pub fn start(&mut self, p: Process) {
+        self.start_with(|s| s.process = p);
+    }
+
+    /// Next message (logged), or `None` at end of stream.
+    pub fn next(&mut self) -> Option<Message> {
+        match self.rx.recv_timeout(TIMEOUT) {
+            Ok(m) => {
+                if let Message::StdinAck { id, bytes } = m {
+                    let u = self.unacked.entry(id).or_default();
+                    *u = u.checked_sub(bytes).expect("ack of more than was sent");
+                }
+                self.log.push(m.clone());
+                Some(m)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no message in {TIMEOUT:?}; got {:?}", self.log)
+            }
+        }
+    }
+
+    pub fn until(&mut self, what: &str, f: impl Fn(&Message) -> bool) -> Message {
+        loop {
+            match self.next() {
+                Some(m) if f(&m) => return m,
+                Some(_) => {}
+                None => panic!("connection ended waiting for {what}; got {:?}", self.log),
+            }
+        }
+    }
+
+    pub fn output_so_far(&self, id: ProcessId) -> String {
+        stream(&self.log, id, false)
+    }
+
+    pub fn until_output(&mut self, id: ProcessId, needle: &str) {
+        while !self.output_so_far(id).contains(needle) {
+            if self.next().is_none() {
+                panic!(
+                    "connection ended waiting for {needle:?}; got {:?}",
+                    self.log
+                );
+            }
+        }
+    }
+
+    /// Sends stdin within the credit window, waiting for acks as needed.
+    pub fn stdin(&mut self, id: ProcessId, data: &[u8]) {
+        for chunk in data.chunks(MAX_DATA_CHUNK) {
+            while self.unacked.get(&id).copied().unwrap_or(0) + chunk.len() as u32 > STDIN_WINDOW {
+                assert!(
+                    self.next().is_some(),
+                    "connection ended while sending stdin"
+                );
+            }
+            *self.unacked.entry(id).or_default() += chunk.len() as u32;
+            self.send(&Message::Stdin {
+                id,
+                data: chunk.to_vec(),
+            });
+        }
+    }
+
+    /// Reads to the end of the connection and waits for the agent to exit.
+    pub fn finish(mut self) -> Outcome {
+        while self.next().is_some() {}
+        let status = self.agent.wait().unwrap();
+        Outcome {
+            msgs: self.log,
+            agent_ok: status.success(),
+        }
+    }
+}
+
+fn stream(msgs: &[Message], want: ProcessId, stderr: bool) -> String {
+    let mut out = Vec::new();
+    for m in msgs {
+        match m {
+            Message::Stdout { id, data } if *id == want && !stderr => out.extend(data),
+            Message::Stderr { id, data } if *id == want && stderr => out.extend(data),
+            _ => {}
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub struct Outcome {
+    pub msgs: Vec<Message>,
+    pub agent_ok: bool,
+}
+
+impl Outcome {
+    pub fn stdout(&self, id: ProcessId) -> String {
+        stream(&self.msgs, id, false)
+    }
+    pub fn stderr(&self, id: ProcessId) -> String {
+        stream(&self.msgs, id, true)
+    }
+    pub fn status(&self, want: ProcessId) -> i32 {
+        let exits: Vec<i32> = self
+            .msgs
+            .iter()
+            .filter_map(|m| match m {
+                Message::Exited { id, status } if *id == want => Some(*status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            exits.len(),
+            1,
+            "exactly one Exited for {want}: {:?}",
+            self.msgs
+        );
+        // Nothing about the process after its exit.
+        let last = self.msgs.iter().rposition(|m| message_id(m) == Some(want));
+        assert!(matches!(self.msgs[last.unwrap()], Message::Exited { .. }));
+        exits[0]
+    }
+    pub fn error(&self, want: ProcessId) -> Option<(ErrorKind, String)> {
+        self.msgs.iter().find_map(|m| match m {
+            Message::Error {
+                id: Some(id),
+                kind,
+                message,
+            } if *id == want => Some((*kind, message.clone())),
+            _ => None,
+        })
+    }
+    pub fn started(&self, want: ProcessId) -> bool {
+        self.msgs
+            .iter()
+            .any(|m| matches!(m, Message::Started { id, .. } if *id == want))
+    }
+}
+
+fn message_id(m: &Message) -> Option<ProcessId> {
+    match m {
+        Message::Started { id, .. }
+        | Message::Stdout { id, .. }
+        | Message::Stderr { id, .. }
+        | Message::Exited { id, .. } => Some(*id),
+        Message::Error { id, .. } => *id,
+        _ => None,
+    }
+}
