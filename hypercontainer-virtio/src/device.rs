@@ -144,7 +144,6 @@ pub(crate) struct Active {
     pub interrupt: Arc<dyn Interrupt>,
     pub queues: Vec<Queue>,
     pub queue_events: Vec<EventFd>,
-    pub acked_features: u64,
 }
 
 impl Active {
@@ -224,7 +223,6 @@ impl EventLoopLink {
             interrupt: activation.interrupt,
             queues,
             queue_events: activation.queue_events,
-            acked_features: activation.acked_features,
         });
         self.activated_since_sync = true;
         self.control.write(1).map_err(Error::EventFd)
@@ -246,10 +244,6 @@ impl EventLoopLink {
 
     pub fn active(&mut self) -> Option<&mut Active> {
         self.active.as_mut()
-    }
-
-    pub fn active_ref(&self) -> Option<&Active> {
-        self.active.as_ref()
     }
 
     /// Register the control event fd (from `MutEventSubscriber::init`).

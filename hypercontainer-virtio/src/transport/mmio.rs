@@ -390,7 +390,7 @@ impl MmioTransport {
                 return;
             }
             if self.status & DRIVER == 0 || self.status & FAILED != 0 {
-                self.ignore(&format!("config write before DRIVER or after FAILED"));
+                self.ignore("config write before DRIVER or after FAILED");
                 return;
             }
             lock(&self.device).write_config(offset - CONFIG_SPACE_OFFSET, data);
@@ -512,7 +512,7 @@ impl MmioTransport {
 
     fn notify(&mut self, value: u32) {
         if !self.is_activated() {
-            self.ignore(&format!("queue notify before DRIVER_OK"));
+            self.ignore("queue notify before DRIVER_OK");
             return;
         }
         match self.queue_events.get(value as usize) {
@@ -551,7 +551,7 @@ impl MmioTransport {
             StatusAction::CheckFeatures => {
                 if self.driver_features & VERSION_1 == 0 {
                     // Not setting FEATURES_OK tells the driver we refuse.
-                    self.ignore(&format!("FEATURES_OK without VIRTIO_F_VERSION_1"));
+                    self.ignore("FEATURES_OK without VIRTIO_F_VERSION_1");
                     return;
                 }
             }

@@ -627,15 +627,12 @@ impl Vsock {
         };
         let mem = active.mem.clone();
         let mut used_any = false;
-        loop {
-            let Some(item) = next_rx_item(
-                &mut self.control,
-                &mut self.conns,
-                &mut self.rr,
-                &mut self.stats,
-            ) else {
-                break;
-            };
+        while let Some(item) = next_rx_item(
+            &mut self.control,
+            &mut self.conns,
+            &mut self.rr,
+            &mut self.stats,
+        ) {
             let queue = &mut active.queues[RX];
             let chain = match queue.iter(mem.as_ref()) {
                 Ok(mut it) => it.next(),
