@@ -143,6 +143,10 @@ fn console_connect(name: &str) -> io::Result<OwnedFd> {
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Drop anything that arrived before raw mode (the host waits for our
+    // hello before it sends, so this is never protocol data).
+    // SAFETY: fd is an open terminal.
+    unsafe { libc::tcflush(fd, libc::TCIOFLUSH) };
     Ok(conn)
 }
 

@@ -29,58 +29,71 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
-/// The image's rootfs, built once per test binary: umoci init/new/unpack,
-/// add busybox and its applet links, users and groups, repack, and unpack
-/// the new image into a bundle.
+/// The image's rootfs: umoci init/new/unpack, add busybox and its applet
+/// links, users and groups, repack, and unpack the new image into a
+/// bundle. Built once into cargo's test scratch directory and reused.
 pub fn image_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let done = scratch.join("agent-test-image-v1");
+        let rootfs = done.join("bundle/rootfs");
+        if rootfs.join("bin/busybox").exists() {
+            return rootfs;
+        }
         let dir = tempfile::Builder::new()
-            .prefix("hc-agent-image")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let layout = dir.join("layout");
-        let image = format!("{}:test", layout.display());
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout));
-        run(Command::new("umoci").args(["new", "--image", &image]));
-        let work = dir.join("work");
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &image])
-            .arg(&work));
-        let root = work.join("rootfs");
-        for d in ["bin", "etc", "home/app", "data/sub"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
+            .prefix("agent-test-image.")
+            .tempdir_in(scratch)
+            .unwrap();
+        build_image(dir.path());
+        // Another test binary may have won the race; either copy is good.
+        if std::fs::rename(dir.path(), &done).is_ok() {
+            let _ = dir.keep();
         }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8(list.stdout).unwrap().lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("etc/group"),
-            "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
-        )
-        .unwrap();
-        run(Command::new("umoci")
-            .args(["repack", "--image", &image])
-            .arg(&work));
-        let bundle = dir.join("bundle");
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &image])
-            .arg(&bundle));
-        bundle.join("rootfs")
+        rootfs
     })
+}
+
+fn build_image(dir: &Path) {
+    let layout = dir.join("layout");
+    let image = format!("{}:test", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    let work = dir.join("work");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&work));
+    let root = work.join("rootfs");
+    for d in ["bin", "etc", "home/app", "data/sub"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
+    )
+    .unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&work));
+    let bundle = dir.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
 }
 
 pub fn agent_binary() -> PathBuf {
@@ -123,9 +136,16 @@ impl Session {
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let mut reader = conn.try_clone().unwrap();
-        std::thread::spawn(move || {
-            while let Ok(Some(m)) = read_message(&mut reader) {
-                if tx.send(m).is_err() {
+        std::thread::spawn(move || loop {
+            match read_message(&mut reader) {
+                Ok(Some(m)) => {
+                    if tx.send(m).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("test host: reading from the agent: {e}");
                     break;
                 }
             }
@@ -139,6 +159,12 @@ impl Session {
             rootfs,
             _keep: keep,
         };
+        // The agent speaks first; the host answers its hello.
+        let first = s.next();
+        assert!(
+            matches!(first, Some(Message::Hello(_))),
+            "the agent's first message must be Hello: {first:?}"
+        );
         s.send(&Message::Hello(Hello::new("agent test host")));
         s
     }
