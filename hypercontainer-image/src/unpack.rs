@@ -389,8 +389,14 @@ fn display(comps: &[Vec<u8>]) -> String {
     v.join("/")
 }
 
+/// A printable, bounded rendering of untrusted bytes for errors and records.
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    const MAX: usize = 1024;
+    if b.len() > MAX {
+        format!("{}...", String::from_utf8_lossy(&b[..MAX]))
+    } else {
+        String::from_utf8_lossy(b).into_owned()
+    }
 }
 
 /// Splits and validates an entry path (or hardlink target).
