@@ -409,3 +409,35 @@ fn hostile_frames_close_the_connection_with_an_error() {
         }
     )));
 }
+
+#[test]
+fn exec_processes_are_killed_and_reported_when_the_main_process_ends() {
+    let mut s = session();
+    s.start(sh("read x; exit 4"));
+    s.until("main started", |m| {
+        matches!(m, Message::Started { id: MAIN, .. })
+    });
+    s.send(&Message::Exec {
+        id: 2,
+        process: Box::new(process(&["sleep", "60"])),
+    });
+    s.until("exec started", |m| {
+        matches!(m, Message::Started { id: 2, .. })
+    });
+    s.stdin(MAIN, b"go\n");
+    let o = s.finish();
+    assert_eq!(o.status(2), 137);
+    assert_eq!(o.status(MAIN), 4);
+    let last_two: Vec<_> = o.msgs.iter().rev().take(2).collect();
+    assert!(matches!(
+        last_two[0],
+        Message::Exited {
+            id: MAIN,
+            status: 4
+        }
+    ));
+    assert!(matches!(
+        last_two[1],
+        Message::Exited { id: 2, status: 137 }
+    ));
+}

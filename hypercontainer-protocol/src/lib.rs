@@ -8,8 +8,10 @@
 //!
 //! Inside a VM, the agent (PID 1) connects over `AF_VSOCK` to the host
 //! (CID [`HOST_CID`]) on port [`AGENT_VSOCK_PORT`]; one stream connection
-//! carries everything. In host-tier tests the agent is given an already
-//! connected stream socket instead. All processes and their stdio streams
+//! carries everything. Where the VMM has no vsock, the kernel command line
+//! option `hypercontainer.agent_console=<name>` makes the agent use the
+//! virtio console `/dev/<name>` in raw mode instead. In host-tier tests the
+//! agent is given an already connected stream socket. All processes and their stdio streams
 //! are multiplexed over that one connection, keyed by a [`ProcessId`] the
 //! host chooses.
 //!
@@ -31,9 +33,12 @@
 //! # Conversation
 //!
 //! 1. The agent connects and sends [`Message::Hello`], then a
-//!    [`Message::BootStage`] for [`BootStage::AgentStart`]. The host answers
-//!    with its own [`Message::Hello`]. A version mismatch ends the
-//!    connection with an [`ErrorKind::Version`] error.
+//!    [`Message::BootStage`] for [`BootStage::AgentStart`]. The host sends
+//!    nothing before it has received the agent's hello (on a console
+//!    transport, earlier bytes may be mangled by the terminal and are
+//!    discarded), then answers with its own [`Message::Hello`]; the agent
+//!    accepts nothing else first. A version mismatch ends the connection
+//!    with an [`ErrorKind::Version`] error.
 //! 2. The host sends [`Message::Start`]. The agent builds the root
 //!    filesystem and moves into it ([`BootStage::RootfsReady`]), then starts
 //!    the main process: [`BootStage::ProcessExec`] and [`Message::Started`],

@@ -6,7 +6,7 @@
 
 /// Identifier of one process (and of its stdio streams) in a sandbox.
 ///
-/// Chosen by the host in [`Start`] and [`Exec`]; unique for the life of the
+/// Chosen by the host in [`Start`] and [`Message::Exec`]; unique for the life of the
 /// connection (an id is never reused, even after the process exited).
 pub type ProcessId = u32;
 
