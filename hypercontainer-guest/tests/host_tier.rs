@@ -441,3 +441,53 @@ fn exec_processes_are_killed_and_reported_when_the_main_process_ends() {
         Message::Exited { id: 2, status: 137 }
     ));
 }
+
+#[test]
+fn unread_stdin_does_not_block_the_connection() {
+    // The process never reads stdin: a whole window of it stays queued in
+    // the pipe and the agent, yet signals and other processes get through.
+    let mut s = session();
+    s.start(process(&["sleep", "60"]));
+    s.until("main started", |m| {
+        matches!(m, Message::Started { id: MAIN, .. })
+    });
+    s.stdin(
+        MAIN,
+        &vec![b'z'; hypercontainer_protocol::STDIN_WINDOW as usize],
+    );
+    s.send(&Message::Exec {
+        id: 2,
+        process: Box::new(sh("echo still responsive")),
+    });
+    s.until("exec exit", |m| matches!(m, Message::Exited { id: 2, .. }));
+    s.send(&Message::Signal {
+        id: MAIN,
+        signal: libc::SIGKILL,
+    });
+    let o = s.finish();
+    assert_eq!(o.stdout(2), "still responsive\n");
+    assert_eq!(o.status(MAIN), 137);
+}
+
+#[test]
+fn overrunning_the_stdin_window_is_a_protocol_error() {
+    let mut s = session();
+    s.start(process(&["sleep", "60"]));
+    s.until("main started", |m| {
+        matches!(m, Message::Started { id: MAIN, .. })
+    });
+    // Ignore the credit: a pipe's worth, a window, and more, without waiting.
+    let chunk = vec![b'z'; hypercontainer_protocol::MAX_DATA_CHUNK];
+    let total = 64 * 1024 + hypercontainer_protocol::STDIN_WINDOW as usize * 2;
+    for _ in 0..total / chunk.len() {
+        s.stdin_ignoring_window(MAIN, &chunk);
+    }
+    let o = s.finish();
+    assert!(o.msgs.iter().any(|m| matches!(
+        m,
+        Message::Error { id: None, kind: ErrorKind::Protocol, message } if message.contains("window")
+    )));
+    // The sandbox still ends properly: the main process is killed and reported.
+    assert_eq!(o.status(MAIN), 137);
+    assert!(!o.agent_ok);
+}

@@ -250,6 +250,19 @@ impl Session {
         }
     }
 
+    /// Sends stdin without waiting for credit (to test the agent's limit).
+    pub fn stdin_ignoring_window(&mut self, id: ProcessId, data: &[u8]) {
+        *self.unacked.entry(id).or_default() += data.len() as u32;
+        // The agent may close the connection midway.
+        let _ = write_message(
+            &mut self.conn,
+            &Message::Stdin {
+                id,
+                data: data.to_vec(),
+            },
+        );
+    }
+
     /// Reads to the end of the connection and waits for the agent to exit.
     pub fn finish(mut self) -> Outcome {
         while self.next().is_some() {}
