@@ -349,7 +349,11 @@ pub fn enter(spec: &Rootfs) -> Result<()> {
 /// image instead of following them.
 fn write_etc(name: &str, contents: &str) -> Result<()> {
     let etc = Path::new("/etc");
-    ensure_dir(etc)?;
+    // After pivot_root, following an image's /etc symlink stays inside the
+    // container; only the files themselves are never followed.
+    if !fs::metadata(etc).is_ok_and(|m| m.is_dir()) {
+        ensure_dir(etc)?;
+    }
     let p = etc.join(name);
     if fs::symlink_metadata(&p).is_ok_and(|m| !m.is_file()) {
         fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;

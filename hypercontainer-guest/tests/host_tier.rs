@@ -491,3 +491,19 @@ fn overrunning_the_stdin_window_is_a_protocol_error() {
     assert_eq!(o.status(MAIN), 137);
     assert!(!o.agent_ok);
 }
+
+#[test]
+fn etc_files_replace_image_symlinks_instead_of_following_them() {
+    let mut s = session();
+    let root = s.root_dir().unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("etc/hosts")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../tmp/x", root.join("etc/resolv.conf")).unwrap();
+    s.start_with(|st| {
+        st.process = sh("cat /etc/hosts; grep -c app /etc/passwd; cat /etc/resolv.conf");
+        st.hosts = Some("10.1.2.3 db\n".into());
+        st.resolv_conf = Some("nameserver 1.1.1.1\n".into());
+    });
+    let o = s.finish();
+    // /etc/passwd (the link's target) is intact: the link was replaced.
+    assert_eq!(o.stdout(MAIN), "10.1.2.3 db\n1\nnameserver 1.1.1.1\n");
+}

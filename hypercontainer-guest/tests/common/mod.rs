@@ -250,6 +250,14 @@ impl Session {
         }
     }
 
+    /// The root directory, for a [`Rootfs::Directory`] session.
+    pub fn root_dir(&self) -> Option<PathBuf> {
+        match &self.rootfs {
+            Rootfs::Directory { path } => Some(PathBuf::from(path)),
+            Rootfs::Layers { .. } => None,
+        }
+    }
+
     /// Sends stdin without waiting for credit (to test the agent's limit).
     pub fn stdin_ignoring_window(&mut self, id: ProcessId, data: &[u8]) {
         *self.unacked.entry(id).or_default() += data.len() as u32;
