@@ -519,10 +519,10 @@ mod tests {
     use std::io::{Read, Write};
     use std::sync::Arc;
 
-    use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
 
     use super::*;
+    use crate::test_utils::TestQueue;
     use crate::test_utils::{
         activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc,
     };
@@ -564,8 +564,8 @@ mod tests {
     }
 
     impl Fixture {
-        fn activate(&mut self, vq: &MockSplitQueue<'_, GuestMemoryMmap>) {
-            let q: Queue = vq.create_queue().unwrap();
+        fn activate(&mut self, vq: &TestQueue<'_>) {
+            let q: Queue = vq.create_queue();
             let a = activation(&self.mem, vec![q], self.irq.clone(), self.block.features());
             self.block.activate(a).unwrap();
         }
@@ -594,9 +594,9 @@ mod tests {
         fn run(&mut self, descs: &[TestDesc]) -> (Option<(u32, u32)>, u8) {
             self.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
             let mem = self.mem.clone();
-            let vq = MockSplitQueue::new(mem.as_ref(), 16);
+            let vq = TestQueue::new(mem.as_ref(), 16);
             add_chain(&vq, 0, descs);
-            let q: Queue = vq.create_queue().unwrap();
+            let q: Queue = vq.create_queue();
             let a = activation(&self.mem, vec![q], self.irq.clone(), 0);
             self.block.reset();
             self.block.activate(a).unwrap();
@@ -787,24 +787,22 @@ mod tests {
     #[test]
     fn descriptor_loop_and_next_out_of_range_do_not_hang() {
         use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        use virtio_queue::desc::split::Descriptor;
         let mut f = fixture(false);
         f.header(HDR, VIRTIO_BLK_T_IN, 0);
         let mem = f.mem.clone();
-        let vq = MockSplitQueue::new(mem.as_ref(), 16);
+        let vq = TestQueue::new(mem.as_ref(), 16);
         let next = VRING_DESC_F_NEXT as u16;
         let write = VRING_DESC_F_WRITE as u16;
         // Chain 0 -> 1 -> 0 -> ... (a loop), chain 2 -> 40 (out of range).
-        let descs = [
-            RawDescriptor::from(Descriptor::new(HDR, 16, next, 1)),
-            RawDescriptor::from(Descriptor::new(DATA, 512, next | write, 0)),
-        ];
-        vq.add_desc_chains(&descs, 0).unwrap();
-        let descs = [RawDescriptor::from(Descriptor::new(HDR, 16, next, 40))];
-        vq.add_desc_chains(&descs, 2).unwrap();
+        vq.store_desc(0, Descriptor::new(HDR, 16, next, 1));
+        vq.store_desc(1, Descriptor::new(DATA, 512, next | write, 0));
+        vq.push_avail(0);
+        vq.store_desc(2, Descriptor::new(HDR, 16, next, 40));
+        vq.push_avail(2);
         f.activate(&vq);
         f.block.process_queue();
-        assert_eq!(vq.used().idx().load(), 2);
+        assert_eq!(vq.used_idx(), 2);
         assert_eq!(f.disk_contents(), disk_pattern());
     }
 
@@ -849,10 +847,10 @@ mod tests {
         f.block.process_queue();
         assert!(!f.block.is_active());
         let mem = f.mem.clone();
-        let vq = MockSplitQueue::new(mem.as_ref(), 16);
+        let vq = TestQueue::new(mem.as_ref(), 16);
         f.activate(&vq);
         assert!(f.block.is_active());
-        let q: Queue = vq.create_queue().unwrap();
+        let q: Queue = vq.create_queue();
         let again = activation(&f.mem, vec![q], f.irq.clone(), 0);
         assert!(f.block.activate(again).is_err());
         f.block.reset();

@@ -296,11 +296,11 @@ impl MutEventSubscriber for Console {
 mod tests {
     use std::sync::Arc;
 
-    use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::test_utils::TestQueue;
     use crate::test_utils::{
         activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc,
     };
@@ -323,8 +323,8 @@ mod tests {
         let irq = Arc::new(MockInterrupt::new());
         let sink = Sink::default();
         let mut console = Console::new(Box::new(sink.clone())).unwrap();
-        let rx = MockSplitQueue::create(mem.as_ref(), GuestAddress(0), 16);
-        let tx = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
+        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 16);
+        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
         mem.write_slice(b"hello, ", GuestAddress(0x10000)).unwrap();
         mem.write_slice(b"world\n", GuestAddress(0x11000)).unwrap();
         add_chain(
@@ -337,7 +337,7 @@ mod tests {
         add_chain(&tx, 3, &[TestDesc::read(u64::MAX - 2, 8)]);
         add_chain(&rx, 0, &[TestDesc::write(0x20000, 4)]);
         add_chain(&rx, 1, &[TestDesc::write(0x21000, 64)]);
-        let queues: Vec<Queue> = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
+        let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue()];
         console
             .activate(activation(&mem, queues, irq.clone(), 0))
             .unwrap();

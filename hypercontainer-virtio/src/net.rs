@@ -554,11 +554,11 @@ impl MutEventSubscriber for Net {
 mod tests {
     use std::sync::Arc;
 
-    use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::test_utils::TestQueue;
     use crate::test_utils::{
         activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc,
     };
@@ -570,8 +570,8 @@ mod tests {
     struct Fixture<'m> {
         net: Net,
         peer: UnixDatagram,
-        rx: MockSplitQueue<'m, GuestMemoryMmap>,
-        tx: MockSplitQueue<'m, GuestMemoryMmap>,
+        rx: TestQueue<'m>,
+        tx: TestQueue<'m>,
         mem: &'m Arc<GuestMemoryMmap>,
     }
 
@@ -582,9 +582,9 @@ mod tests {
             .mac([2, 0, 0, 0, 0, 1])
             .build()
             .unwrap();
-        let rx = MockSplitQueue::create(mem.as_ref(), GuestAddress(0), 16);
-        let tx = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
-        let queues: Vec<Queue> = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
+        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 16);
+        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
+        let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue()];
         net.activate(activation(mem, queues, Arc::new(MockInterrupt::new()), 0))
             .unwrap();
         Fixture {
@@ -645,7 +645,7 @@ mod tests {
         assert!(f.peer.recv(&mut buf).is_err());
         let s = f.net.stats();
         assert_eq!((s.tx_frames, s.tx_oversized, s.tx_malformed), (1, 2, 3));
-        assert_eq!(f.tx.used().idx().load(), 6);
+        assert_eq!(f.tx.used_idx(), 6);
     }
 
     #[test]

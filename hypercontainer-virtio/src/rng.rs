@@ -174,11 +174,11 @@ impl MutEventSubscriber for Rng {
 mod tests {
     use std::sync::Arc;
 
-    use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::test_utils::TestQueue;
     use crate::test_utils::{
         activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc,
     };
@@ -194,13 +194,13 @@ mod tests {
     #[test]
     fn fills_writable_buffers_with_entropy() {
         let (mem, irq, mut rng) = setup();
-        let vq = MockSplitQueue::new(mem.as_ref(), 16);
+        let vq = TestQueue::new(mem.as_ref(), 16);
         add_chain(
             &vq,
             0,
             &[TestDesc::write(0x10000, 256), TestDesc::write(0x20000, 256)],
         );
-        let q: Queue = vq.create_queue().unwrap();
+        let q: Queue = vq.create_queue();
         rng.activate(activation(&mem, vec![q], irq.clone(), 0))
             .unwrap();
         rng.process_queue();
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn hostile_requests_get_partial_or_no_data() {
         let (mem, irq, mut rng) = setup();
-        let vq = MockSplitQueue::new(mem.as_ref(), 16);
+        let vq = TestQueue::new(mem.as_ref(), 16);
         // Readable only: nothing written.
         add_chain(&vq, 0, &[TestDesc::read(0x10000, 64)]);
         // Outside guest memory, and overflowing.
@@ -228,7 +228,7 @@ mod tests {
         // Huge buffer: capped.
         add_chain(&vq, 3, &[TestDesc::write(0x40000, u32::MAX)]);
         add_chain(&vq, 4, &[TestDesc::write(0x10000, 128 * 1024)]);
-        let q: Queue = vq.create_queue().unwrap();
+        let q: Queue = vq.create_queue();
         rng.activate(activation(&mem, vec![q], irq, 0)).unwrap();
         rng.process_queue();
         assert_eq!(used_entry(&vq, 0), Some((0, 0)));

@@ -102,19 +102,123 @@ impl TestDesc {
     }
 }
 
+/// A driver-side split queue for tests: virtio-queue's
+/// [`MockSplitQueue`](virtio_queue::mock::MockSplitQueue) lays out the
+/// descriptor table and the available ring; the used ring is placed right
+/// after the available ring's real end (the mock's own used ring starts
+/// inside the available ring for queue sizes above a few entries, which
+/// lets the device's used-ring writes clobber pending available entries).
+pub struct TestQueue<'a> {
+    vq: virtio_queue::mock::MockSplitQueue<'a, GuestMemoryMmap>,
+    mem: &'a GuestMemoryMmap,
+    size: u16,
+    used: GuestAddress,
+}
+
+impl<'a> TestQueue<'a> {
+    /// A queue of `size` entries at guest address 0.
+    pub fn new(mem: &'a GuestMemoryMmap, size: u16) -> Self {
+        Self::create(mem, GuestAddress(0), size)
+    }
+
+    /// A queue of `size` entries at `start`.
+    pub fn create(mem: &'a GuestMemoryMmap, start: GuestAddress, size: u16) -> Self {
+        use vm_memory::Bytes;
+        let vq = virtio_queue::mock::MockSplitQueue::create(mem, start, size);
+        let avail_end = vq.avail_addr().0 + 6 + 2 * u64::from(size);
+        let used = GuestAddress((avail_end + 3) & !3);
+        let zeros = vec![0u8; 6 + 8 * usize::from(size)];
+        mem.write_slice(&zeros, used)
+            .expect("used ring inside test memory");
+        Self {
+            vq,
+            mem,
+            size,
+            used,
+        }
+    }
+
+    /// The device's view of the queue, ready to be handed over.
+    pub fn create_queue(&self) -> virtio_queue::Queue {
+        use virtio_queue::QueueT;
+        let mut q: virtio_queue::Queue = self.vq.create_queue().expect("valid test queue");
+        q.set_used_ring_address(Some(self.used.0 as u32), Some((self.used.0 >> 32) as u32));
+        q
+    }
+
+    /// The underlying mock driver.
+    pub fn mock(&self) -> &virtio_queue::mock::MockSplitQueue<'a, GuestMemoryMmap> {
+        &self.vq
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Address of the descriptor table.
+    pub fn desc_table_addr(&self) -> GuestAddress {
+        self.vq.desc_table_addr()
+    }
+
+    /// Address of the available ring.
+    pub fn avail_addr(&self) -> GuestAddress {
+        self.vq.avail_addr()
+    }
+
+    /// Address of the used ring.
+    pub fn used_addr(&self) -> GuestAddress {
+        self.used
+    }
+
+    /// First address past the used ring.
+    pub fn end(&self) -> GuestAddress {
+        GuestAddress(self.used.0 + 6 + 8 * u64::from(self.size))
+    }
+
+    /// The used ring's index (chains the device has returned, wrapping).
+    pub fn used_idx(&self) -> u16 {
+        use vm_memory::Bytes;
+        self.mem
+            .read_obj::<u16>(GuestAddress(self.used.0 + 2))
+            .map(u16::from_le)
+            .unwrap_or(0)
+    }
+
+    /// Store a raw descriptor at `index` (wrapping at the queue size).
+    pub fn store_desc(&self, index: u16, desc: virtio_queue::desc::split::Descriptor) {
+        self.vq
+            .desc_table()
+            .store(
+                index % self.size,
+                virtio_queue::desc::RawDescriptor::from(desc),
+            )
+            .expect("descriptor index inside the table");
+    }
+
+    /// Make the chain starting at `head` available.
+    pub fn push_avail(&self, head: u16) {
+        let avail = self.vq.avail();
+        let idx = avail.idx().load();
+        avail
+            .ring()
+            .ref_at(usize::from(idx % self.size))
+            .expect("avail ring slot")
+            .store(head);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        avail.idx().store(idx.wrapping_add(1));
+    }
+}
+
 /// Place `descs` as one chain starting at descriptor-table index `first`
-/// of `vq` (indices wrap at the queue size) and make it available.
-pub fn add_chain<M: vm_memory::GuestMemory>(
-    vq: &virtio_queue::mock::MockSplitQueue<'_, M>,
-    first: u16,
-    descs: &[TestDesc],
-) {
+/// of `q` (indices wrap at the queue size) and make it available.
+pub fn add_chain(q: &TestQueue<'_>, first: u16, descs: &[TestDesc]) {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-    let size = (vq.desc_table().total_size() / 16) as u16;
+    use virtio_queue::desc::split::Descriptor;
+    let size = q.size;
     let n = descs.len();
     for (i, d) in descs.iter().enumerate() {
-        let index = (first as usize + i) % size as usize;
+        let index = ((usize::from(first) + i) % usize::from(size)) as u16;
         let mut flags = if d.write {
             VRING_DESC_F_WRITE as u16
         } else {
@@ -123,36 +227,24 @@ pub fn add_chain<M: vm_memory::GuestMemory>(
         let mut next = 0;
         if i + 1 < n {
             flags |= VRING_DESC_F_NEXT as u16;
-            next = ((index + 1) % size as usize) as u16;
+            next = ((usize::from(index) + 1) % usize::from(size)) as u16;
         }
-        let raw = RawDescriptor::from(Descriptor::new(d.addr, d.len, flags, next));
-        vq.desc_table()
-            .store(index as u16, raw)
-            .expect("writing a test descriptor");
+        q.store_desc(index, Descriptor::new(d.addr, d.len, flags, next));
     }
-    let idx = vq.avail().idx().load();
-    vq.avail()
-        .ring()
-        .ref_at((idx % size) as usize)
-        .expect("avail ring slot")
-        .store(first % size);
-    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-    vq.avail().idx().store(idx.wrapping_add(1));
+    q.push_avail(first % size);
 }
 
-/// The `i`-th used-ring entry of `vq` (counting from 0, wrapping) as
+/// The `i`-th used-ring entry of `q` (counting from 0, wrapping) as
 /// `(head index, length)`, or `None` when the device has not used that many
 /// chains yet.
-pub fn used_entry<M: vm_memory::GuestMemory>(
-    vq: &virtio_queue::mock::MockSplitQueue<'_, M>,
-    i: u16,
-) -> Option<(u32, u32)> {
-    let size = (vq.desc_table().total_size() / 16) as u16;
-    let used = vq.used().idx().load();
-    let ahead = used.wrapping_sub(i);
-    if ahead == 0 || ahead > size {
+pub fn used_entry(q: &TestQueue<'_>, i: u16) -> Option<(u32, u32)> {
+    use vm_memory::Bytes;
+    let ahead = q.used_idx().wrapping_sub(i);
+    if ahead == 0 || ahead > q.size {
         return None;
     }
-    let e = vq.used().ring().ref_at((i % size) as usize).ok()?.load();
-    Some((e.id(), e.len()))
+    let addr = GuestAddress(q.used.0 + 4 + 8 * u64::from(i % q.size));
+    let id = q.mem.read_obj::<u32>(addr).ok()?;
+    let len = q.mem.read_obj::<u32>(GuestAddress(addr.0 + 4)).ok()?;
+    Some((u32::from_le(id), u32::from_le(len)))
 }

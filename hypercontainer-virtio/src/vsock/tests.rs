@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::{EventManager, SubscriberOps};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::test_utils::{activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc};
+use crate::test_utils::{
+    activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc, TestQueue,
+};
 
 const GUEST_CID: u64 = 3;
 const HDR_LEN: u32 = 44;
@@ -86,8 +87,8 @@ struct Harness<'m> {
     mem: &'m Arc<GuestMemoryMmap>,
     dev: Arc<Mutex<Vsock>>,
     em: EventManager<Arc<Mutex<Vsock>>>,
-    rx: MockSplitQueue<'m, GuestMemoryMmap>,
-    tx: MockSplitQueue<'m, GuestMemoryMmap>,
+    rx: TestQueue<'m>,
+    tx: TestQueue<'m>,
     tx_evt: EventFd,
     rx_evt: EventFd,
     rx_given: u16,
@@ -109,14 +110,10 @@ impl<'m> Harness<'m> {
         ));
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
-        let rx = MockSplitQueue::create(mem.as_ref(), GuestAddress(0), 256);
-        let tx = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 256);
-        let ev = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x2_0000), 256);
-        let queues: Vec<Queue> = vec![
-            rx.create_queue().unwrap(),
-            tx.create_queue().unwrap(),
-            ev.create_queue().unwrap(),
-        ];
+        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 256);
+        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 256);
+        let ev = TestQueue::create(mem.as_ref(), GuestAddress(0x2_0000), 256);
+        let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue(), ev.create_queue()];
         let a = activation(
             mem,
             queues,
