@@ -1031,6 +1031,39 @@ impl Vm {
     }
 }
 
+/// Resident memory of this process outside guest RAM, in KiB: what the
+/// VMM (and whatever else the process holds) costs beyond the guest.
+///
+/// Reads `/proc/self/smaps` and leaves out the mappings that back guest
+/// memory of `vms`.
+pub fn rss_excluding_guest_kib(vms: &[&Vm]) -> std::io::Result<u64> {
+    let guest: Vec<(usize, usize)> = vms.iter().flat_map(|vm| vm.memory_host_ranges()).collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut total = 0u64;
+    let mut skip = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else {
+            continue;
+        };
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                skip = guest.iter().any(|&(g, len)| start < g + len && g < end);
+                continue;
+            }
+        }
+        if first == "Rss:" && !skip {
+            total += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         self.control.finish(Ok(ExitReason::Stopped));

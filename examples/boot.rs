@@ -1,0 +1,166 @@
+//! Boots a Linux kernel (and optionally an initramfs) and streams its
+//! console to stdout.
+//!
+//! ```text
+//! cargo run -p hypercontainer-examples --example boot -- \
+//!     --kernel vmlinux [--initrd initramfs.cpio] [--cmdline "..."] \
+//!     [--cpus N] [--memory MIB] [--timeout SECS] [--report]
+//! ```
+//!
+//! `--kernel` defaults to the SDK's cached kernel (`cargo xtask kernel`).
+//! `--report` prints, on stderr, the host-side setup time (from `build()`
+//! to the first `KVM_RUN`) and the process's resident memory outside guest
+//! RAM.
+//!
+//! Exit codes: 0 the guest reset or powered off; 2 it triple-faulted or
+//! crashed; 3 its kernel panicked; 4 timeout; 1 any other error (printed).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hypercontainer::vmm::{self, Error, ExitReason, SystemEvent, VmBuilder};
+
+struct Args {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    cpus: u32,
+    memory: u64,
+    timeout: Option<u64>,
+    report: bool,
+}
+
+const USAGE: &str = "usage: boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] \
+                     [--memory MIB] [--timeout SECS] [--report]";
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        cpus: 1,
+        memory: vmm::DEFAULT_MEMORY_MIB,
+        timeout: None,
+        report: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
+        match flag.as_str() {
+            "--kernel" => a.kernel = Some(value()?.into()),
+            "--initrd" => a.initrd = Some(value()?.into()),
+            "--cmdline" => a.cmdline = Some(value()?),
+            "--cpus" => a.cpus = value()?.parse().map_err(|e| format!("--cpus: {e}"))?,
+            "--memory" => a.memory = value()?.parse().map_err(|e| format!("--memory: {e}"))?,
+            "--timeout" => {
+                a.timeout = Some(value()?.parse().map_err(|e| format!("--timeout: {e}"))?)
+            }
+            "--report" => a.report = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(1);
+        }
+    };
+    let kernel = match args
+        .kernel
+        .map_or_else(hypercontainer::kernel::default_kernel, Ok)
+    {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("boot: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut builder = VmBuilder::new()
+        .kernel(kernel)
+        .vcpus(args.cpus)
+        .memory_mib(args.memory)
+        .console_writer(std::io::stdout());
+    if let Some(i) = args.initrd {
+        builder = builder.initramfs(i);
+    }
+    if let Some(c) = args.cmdline {
+        builder = builder.cmdline(c);
+    }
+    let mut vm = match builder.build() {
+        Ok(vm) => vm,
+        Err(e) => return fail(&e),
+    };
+    if args.report {
+        report(&vm);
+    }
+    let outcome = match args.timeout {
+        None => vm.wait(),
+        Some(secs) => match vm.wait_timeout(Duration::from_secs(secs)) {
+            Some(o) => o,
+            None => {
+                eprintln!("boot: timeout after {secs} s, stopping the guest");
+                vm.stop();
+                let _ = vm.wait();
+                return ExitCode::from(4);
+            }
+        },
+    };
+    let _ = std::io::stdout().flush();
+    match outcome {
+        Ok(reason) => {
+            eprintln!("boot: guest ended: {reason:?}");
+            match reason {
+                ExitReason::Reset
+                | ExitReason::Stopped
+                | ExitReason::Halted
+                | ExitReason::SystemEvent(SystemEvent::Shutdown | SystemEvent::Reset) => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn report(vm: &vmm::Vm) {
+    // Wait (briefly) for the boot vCPU to enter the guest.
+    let start = std::time::Instant::now();
+    while vm.boot_times().first_run.is_none() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let t = vm.boot_times();
+    if let Some(first) = t.first_run {
+        eprintln!(
+            "boot: setup {:?} (build() {:?}, then first KVM_RUN after {:?})",
+            first - t.build_started,
+            t.build_finished - t.build_started,
+            first - t.build_finished
+        );
+    }
+    match vmm::rss_excluding_guest_kib(&[vm]) {
+        Ok(kib) => eprintln!("boot: process RSS outside guest memory: {kib} KiB"),
+        Err(e) => eprintln!("boot: cannot read RSS: {e}"),
+    }
+}
+
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("boot: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+    match e {
+        Error::GuestPanic { .. } => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
