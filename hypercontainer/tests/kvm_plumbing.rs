@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hypercontainer::host::{detect_kvm, KvmKind};
-use hypercontainer::vmm::{BusDevice, Error, ExitReason, RawCode, Vm, VmBuilder};
+use hypercontainer::vmm::{
+    BusDevice, Error, ExitReason, MmioSlot, RawCode, RawMode, VirtioMmioDevice, Vm, VmBuilder,
+};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 const LOAD: u64 = 0x1000;
 const PROBE_PORT: u16 = 0x510;
@@ -46,9 +49,8 @@ fn have_kvm() -> bool {
 
 fn raw(code: &[u8], entries: &[u16]) -> RawCode {
     RawCode {
-        code: code.to_vec(),
-        load_addr: LOAD,
-        entries: entries.to_vec(),
+        entries: entries.iter().map(|&e| u64::from(e)).collect(),
+        ..RawCode::real(code, LOAD as u16)
     }
 }
 
@@ -268,6 +270,71 @@ fn i8042_reset_ends_the_vm_with_reset() {
         .build()
         .unwrap();
     assert_eq!(wait(&mut vm).unwrap(), ExitReason::Reset);
+}
+
+#[test]
+fn virtio_mmio_slot_wires_window_and_queue_notify_ioeventfd() {
+    if !have_kvm() {
+        return;
+    }
+    let transport = Arc::new(Mutex::new(Probe::default()));
+    let port = Arc::new(Mutex::new(Probe::default()));
+    let interrupt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let builder = VmBuilder::new().memory_mib(1);
+    let slot = builder.next_virtio_slot();
+    assert_eq!(
+        slot,
+        MmioSlot {
+            base: 0xd000_0000,
+            size: 0x1000,
+            irq: 5
+        }
+    );
+    // 32-bit flat code at 0x1000.
+    #[rustfmt::skip]
+    let code = [
+        0xb8, 0x50, 0x00, 0x00, 0xd0,             // mov eax, 0xd0000050 (QueueNotify)
+        0xc7, 0x00, 0x01, 0x00, 0x00, 0x00,       // mov dword [eax], 1  -> ioeventfd, not the device
+        0xc7, 0x40, 0x20, 0x0f, 0x00, 0x00, 0x00, // mov dword [eax+0x20], 0xf (Status) -> device
+        0x8b, 0x58, 0xb0,                         // mov ebx, [eax-0x50] (MagicValue) <- device
+        0x89, 0xd8,                               // mov eax, ebx
+        0x66, 0xba, 0x10, 0x05,                   // mov dx, 0x510
+        0xef,                                     // out dx, eax
+        0xb0, 0xfe,                               // mov al, 0xfe
+        0xe6, 0x64,                               // out 0x64, al (reset)
+        0xeb, 0xfe,                               // jmp $
+    ];
+    let mut vm = builder
+        .raw_code(RawCode {
+            mode: RawMode::Protected32,
+            irqchip: true,
+            ..RawCode::real(&code, LOAD as u16)
+        })
+        .pio_device(PROBE_PORT, 4, port.clone())
+        .virtio_mmio_device(VirtioMmioDevice {
+            device: transport.clone(),
+            interrupt: interrupt.try_clone().unwrap(),
+            queue_notify: vec![(1, notify.try_clone().unwrap())],
+        })
+        .build()
+        .unwrap();
+    assert_eq!(wait(&mut vm).unwrap(), ExitReason::Reset);
+    assert_eq!(
+        notify.read().unwrap(),
+        1,
+        "QueueNotify did not signal the ioeventfd"
+    );
+    let t = transport.lock().unwrap();
+    let writes: Vec<_> = t.writes.iter().map(|(o, d, _)| (*o, d.clone())).collect();
+    assert_eq!(writes, vec![(0x70, vec![0x0f, 0, 0, 0])]);
+    assert_eq!(t.reads, vec![(0, 4)]);
+    assert_eq!(
+        port.lock().unwrap().writes[0].1,
+        vec![0x10, 0x11, 0x12, 0x13]
+    );
+    // The interrupt eventfd is an irqfd now: writing it is accepted.
+    interrupt.write(1).unwrap();
 }
 
 struct Explodes;

@@ -94,6 +94,12 @@ pub enum EntryMode {
         /// The 64-bit entry point.
         entry: u64,
     },
+    /// 32-bit flat protected mode, paging off, at `entry`; `rax` holds the
+    /// vCPU index (raw code).
+    Flat32 {
+        /// Instruction pointer.
+        entry: u64,
+    },
     /// Real mode, CS base 0, at `entry`; `rax` holds the vCPU index.
     RealMode {
         /// Instruction pointer (below 64 KiB).
@@ -117,6 +123,10 @@ pub fn regs(mode: EntryMode, vcpu_index: u32) -> kvm_regs {
             r.rsp = BOOT_STACK;
             r.rbp = BOOT_STACK;
             r.rsi = ZERO_PAGE_ADDR;
+        }
+        EntryMode::Flat32 { entry } => {
+            r.rip = entry;
+            r.rax = u64::from(vcpu_index);
         }
         EntryMode::RealMode { entry } => {
             r.rip = u64::from(entry);
@@ -144,7 +154,7 @@ pub fn sregs(mode: EntryMode, mut s: kvm_sregs) -> kvm_sregs {
         s.tr = segment(TSS, BOOT_TSS);
     };
     match mode {
-        EntryMode::Pvh { .. } => {
+        EntryMode::Pvh { .. } | EntryMode::Flat32 { .. } => {
             flat(&mut s, CODE32);
             s.cr0 = CR0_PE | CR0_ET;
             s.cr4 = 0;

@@ -349,6 +349,16 @@ pub struct VirtioMmioDevice {
     pub queue_notify: Vec<(u32, EventFd)>,
 }
 
+/// How raw code starts.
+#[cfg(feature = "test-utils")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMode {
+    /// 16-bit real mode, CS base 0; entries must be below 64 KiB.
+    Real,
+    /// 32-bit flat protected mode, paging off (reaches the MMIO hole).
+    Protected32,
+}
+
 /// Raw code to run instead of a kernel (for testing the KVM plumbing).
 #[cfg(feature = "test-utils")]
 #[derive(Debug, Clone)]
@@ -357,9 +367,29 @@ pub struct RawCode {
     pub code: Vec<u8>,
     /// Guest physical address to copy `code` to.
     pub load_addr: u64,
-    /// Real-mode entry point (CS base 0) per vCPU; the last entry applies
-    /// to any further vCPUs. `rax` holds the vCPU index.
-    pub entries: Vec<u16>,
+    /// Entry point per vCPU; the last entry applies to any further vCPUs.
+    /// `rax` holds the vCPU index.
+    pub entries: Vec<u64>,
+    /// Real or protected mode.
+    pub mode: RawMode,
+    /// Create the in-kernel irqchip (needed for irqfds, so for virtio-mmio
+    /// devices); `hlt` then no longer exits to the VMM.
+    pub irqchip: bool,
+}
+
+#[cfg(feature = "test-utils")]
+impl RawCode {
+    /// Real-mode code at `load_addr`, every vCPU entering at its start, no
+    /// irqchip.
+    pub fn real(code: &[u8], load_addr: u16) -> Self {
+        Self {
+            code: code.to_vec(),
+            load_addr: u64::from(load_addr),
+            entries: vec![u64::from(load_addr)],
+            mode: RawMode::Real,
+            irqchip: false,
+        }
+    }
 }
 
 enum Initramfs {
@@ -535,28 +565,35 @@ impl VmBuilder {
         self
     }
 
-    /// Runs raw real-mode code instead of a kernel: no irqchip (so `hlt`
-    /// exits to the VMM), no boot tables, every vCPU starts at its entry.
+    /// Runs raw code instead of a kernel: no boot tables, every vCPU starts
+    /// at its entry; without an irqchip `hlt` exits to the VMM.
     #[cfg(feature = "test-utils")]
     pub fn raw_code(mut self, code: RawCode) -> Self {
         self.raw = Some(code);
         self
     }
 
-    fn take_raw(&mut self) -> Option<RawBoot> {
+    fn take_raw(&mut self) -> Result<Option<RawBoot>> {
         #[cfg(feature = "test-utils")]
         if let Some(raw) = self.raw.take() {
-            return Some(RawBoot {
+            let entries = raw
+                .entries
+                .iter()
+                .map(|&entry| match raw.mode {
+                    RawMode::Real => u16::try_from(entry)
+                        .map(|entry| EntryMode::RealMode { entry })
+                        .map_err(|_| Error::NoKernel),
+                    RawMode::Protected32 => Ok(EntryMode::Flat32 { entry }),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Some(RawBoot {
                 code: raw.code,
                 load_addr: raw.load_addr,
-                entries: raw
-                    .entries
-                    .iter()
-                    .map(|&entry| EntryMode::RealMode { entry })
-                    .collect(),
-            });
+                entries,
+                irqchip: raw.irqchip,
+            }));
         }
-        None
+        Ok(None)
     }
 
     /// Validates the configuration, creates the VM and starts its vCPUs.
@@ -585,8 +622,9 @@ impl VmBuilder {
         if self.virtio.len() as u32 > max_virtio {
             return Err(Error::TooManyDevices(max_virtio));
         }
-        let raw = self.take_raw();
+        let raw = self.take_raw()?;
         let boots_linux = raw.is_none();
+        let irqchip = raw.as_ref().is_none_or(|r| r.irqchip);
         let kernel = if boots_linux {
             Some(self.kernel.clone().ok_or(Error::NoKernel)?)
         } else {
@@ -620,7 +658,7 @@ impl VmBuilder {
         let memory = alloc_memory(mem_size, self.hugepages)?;
         register_memory(&vm_fd, &memory)?;
 
-        if boots_linux {
+        if irqchip {
             vm_fd
                 .set_tss_address(layout::KVM_TSS_ADDR as usize)
                 .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -650,7 +688,7 @@ impl VmBuilder {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-        if boots_linux {
+        if irqchip {
             vm_fd
                 .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
                 .map_err(kvm_err("KVM_IRQFD"))?;
@@ -774,6 +812,15 @@ impl VmBuilder {
                 .map_err(kvm_err("KVM_SET_SREGS"))?;
             fd.set_regs(&cpu::regs(mode, index as u32))
                 .map_err(kvm_err("KVM_SET_REGS"))?;
+            if irqchip && index > 0 {
+                // Raw code on an irqchip VM: start the APs directly instead of
+                // leaving them waiting for INIT/SIPI.
+                let runnable = kvm_bindings::kvm_mp_state {
+                    mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+                };
+                fd.set_mp_state(runnable)
+                    .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+            }
         }
 
         let mut threads = Vec::with_capacity(vcpus.len());
@@ -810,6 +857,15 @@ impl VmBuilder {
         })
     }
 
+    /// The command line the kernel will get: the configured one plus the
+    /// declarations of the virtio-mmio devices.
+    pub fn kernel_cmdline(&self) -> Result<String> {
+        let c = self.full_cmdline()?;
+        c.as_cstring()
+            .map_err(Error::Cmdline)
+            .map(|c| c.to_string_lossy().into_owned())
+    }
+
     fn full_cmdline(&self) -> Result<Cmdline> {
         let mut c = Cmdline::new(layout::CMDLINE_MAX).map_err(Error::Cmdline)?;
         if !self.cmdline.trim().is_empty() {
@@ -830,6 +886,7 @@ struct RawBoot {
     code: Vec<u8>,
     load_addr: u64,
     entries: Vec<EntryMode>,
+    irqchip: bool,
 }
 
 fn write_raw(raw: &RawBoot, memory: &GuestMemoryMmap) -> Result<Vec<EntryMode>> {
@@ -837,6 +894,11 @@ fn write_raw(raw: &RawBoot, memory: &GuestMemoryMmap) -> Result<Vec<EntryMode>> 
     memory
         .write_slice(&raw.code, GuestAddress(raw.load_addr))
         .map_err(Error::GuestMemory)?;
+    for (i, entry) in cpu::boot_gdt(cpu::CODE32).iter().enumerate() {
+        memory
+            .write_obj(*entry, GuestAddress(layout::GDT_ADDR + 8 * i as u64))
+            .map_err(Error::GuestMemory)?;
+    }
     if raw.entries.is_empty() {
         return Err(Error::NoKernel);
     }
@@ -1070,5 +1132,61 @@ impl Drop for Vm {
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl BusDevice for Nop {
+        fn read(&mut self, _: u64, _: &mut [u8]) {}
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+
+    fn virtio() -> VirtioMmioDevice {
+        VirtioMmioDevice {
+            device: Arc::new(Mutex::new(Nop)),
+            interrupt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            queue_notify: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cmdline_declares_virtio_devices_in_slot_order() {
+        let b = VmBuilder::new().append_cmdline("quiet");
+        assert_eq!(
+            b.kernel_cmdline().unwrap(),
+            format!("{DEFAULT_CMDLINE} quiet")
+        );
+        let b = b.virtio_mmio_device(virtio());
+        assert_eq!(b.next_virtio_slot().base, 0xd000_1000);
+        let b = b.virtio_mmio_device(virtio());
+        assert_eq!(
+            b.kernel_cmdline().unwrap(),
+            format!(
+                "{DEFAULT_CMDLINE} quiet virtio_mmio.device=4K@0xd0000000:5 \
+                 virtio_mmio.device=4K@0xd0001000:6"
+            )
+        );
+    }
+
+    #[test]
+    fn validation_happens_before_touching_kvm() {
+        let e = VmBuilder::new().hugepages(true).memory_mib(3).build();
+        assert!(matches!(e, Err(Error::HugepageSize(3))));
+        let e = VmBuilder::new().memory_mib(MAX_MEMORY_MIB + 1).build();
+        assert!(matches!(e, Err(Error::MemoryTooLarge { .. })));
+        let mut b = VmBuilder::new();
+        for _ in 0..=(layout::LAST_IRQ - layout::VIRTIO_MMIO_FIRST_IRQ) {
+            b = b.virtio_mmio_device(virtio());
+        }
+        let e = b.virtio_mmio_device(virtio()).build();
+        assert!(matches!(e, Err(Error::TooManyDevices(19))));
+        assert!(matches!(
+            VmBuilder::new().vcpus(0).build(),
+            Err(Error::NoVcpus)
+        ));
     }
 }
