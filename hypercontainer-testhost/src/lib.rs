@@ -834,7 +834,7 @@ impl TestHost {
             .arg(&assets.kernel)
             .arg("-initrd")
             .arg(&cpio)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

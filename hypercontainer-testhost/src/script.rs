@@ -91,7 +91,13 @@ pub fn init_script(spec: &ScriptSpec) -> String {
         s.push_str(&line);
         // The newline before END ends a last output line that lacks one;
         // the parser removes it again.
-        let _ = writeln!(s, "printf '\\n{t} END {i} %s\\n' \"$?\"");
+        let _ = writeln!(s, "rc=$?; printf '\\n{t} END {i} %s\\n' \"$rc\"");
+        // Kernel messages are kept off the console (loglevel=3) so they do
+        // not cut into test output; show the latest after a failure.
+        let _ = writeln!(
+            s,
+            "[ \"$rc\" = 0 ] || {{ echo 'kernel log (last 30 lines):'; dmesg | tail -n 30; }}"
+        );
     }
     let _ = writeln!(s, "echo \"{t} DONE\"");
     s.push_str("poweroff -f\n");
@@ -235,7 +241,7 @@ mod tests {
         assert!(irq < kvm && kvm < check && check < job0 && job0 < job1);
         assert!(s.contains("export HYPERCONTAINER_QEMU='/usr/bin/qemu'\n"));
         assert!(s.contains("( export A='it'\\''s'; exec '/t/test bin' '--ignored' ) </dev/null\n"));
-        assert!(s.contains("printf '\\nHCTH-abcd END 1 %s\\n' \"$?\"\n"));
+        assert!(s.contains("rc=$?; printf '\\nHCTH-abcd END 1 %s\\n' \"$rc\"\n"));
         assert!(s.trim_end().ends_with("poweroff -f"));
     }
 }

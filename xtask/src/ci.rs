@@ -96,6 +96,34 @@ impl Tally {
         ok
     }
 
+    /// Like [`Tally::stage`] for steps that print their own stage lines.
+    fn record(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
+        let start = std::time::Instant::now();
+        let (counts, note) = match f() {
+            Ok(()) => (one(), String::new()),
+            Err(e) => {
+                let msg = report(&e);
+                eprintln!("error: {msg}");
+                let first = msg.lines().next().unwrap_or_default().to_string();
+                (
+                    Counts {
+                        passed: 0,
+                        failed: 1,
+                    },
+                    first,
+                )
+            }
+        };
+        let ok = counts.failed == 0;
+        self.rows.push(Row {
+            name: name.into(),
+            counts,
+            secs: start.elapsed().as_secs_f64(),
+            note,
+        });
+        ok
+    }
+
     fn skip(&mut self, name: &str, why: &str) {
         eprintln!("==> {name}: skipped ({why})");
         self.rows.push(Row {
@@ -145,21 +173,21 @@ pub fn cmd() -> Result<()> {
     let started = std::time::Instant::now();
     let mut t = Tally::default();
 
-    let deps_ok = t.stage("deps", |_| crate::deps::ensure_apt().map(|()| one()));
+    let deps_ok = t.record("deps", crate::deps::ensure_apt);
     let mut kernel = None;
     if deps_ok {
-        t.stage("kernel", |_| {
+        t.record("kernel", || {
             kernel = Some(crate::kernel::ensure()?);
-            Ok(one())
+            Ok(())
         });
     } else {
         t.skip("kernel", "deps failed");
     }
     let mut mode = None;
     if deps_ok {
-        t.stage("testhost-assets", |s| {
-            mode = Some(mode_here(s)?);
-            Ok(one())
+        t.record("testhost-assets", || {
+            mode = Some(mode_here()?);
+            Ok(())
         });
     } else {
         t.skip("testhost-assets", "deps failed");
@@ -266,18 +294,16 @@ fn whole_vm(
     Ok(counts)
 }
 
-/// Mode chosen for whole-VM tests on this machine.
-fn mode_here(s: &Stage) -> Result<hypercontainer_testhost::Mode> {
+/// Mode chosen for whole-VM tests on this machine (fetches the emulated
+/// host's assets when it is needed).
+fn mode_here() -> Result<hypercontainer_testhost::Mode> {
     let kind = hypercontainer::host::detect_kvm();
     let m = if kind == hypercontainer::host::KvmKind::Hardware {
         hypercontainer_testhost::Mode::Direct
     } else {
         hypercontainer_testhost::Mode::Emulated(crate::assets::ensure()?)
     };
-    s.note(format!(
-        "KVM here: {kind:?}; whole-VM tests run {}",
-        m.name()
-    ));
+    eprintln!("    KVM here: {kind:?}; whole-VM tests run {}", m.name());
     Ok(m)
 }
 
@@ -285,8 +311,9 @@ fn mode_here(s: &Stage) -> Result<hypercontainer_testhost::Mode> {
 pub fn whole_vm_cmd() -> Result<()> {
     crate::deps::ensure_apt()?;
     let kernel = crate::kernel::ensure()?;
+    let mode = mode_here()?;
     let stage = Stage::start("whole-VM tests");
-    let res = mode_here(&stage).and_then(|mode| whole_vm(&stage, mode, &kernel));
+    let res = Ok(mode).and_then(|mode| whole_vm(&stage, mode, &kernel));
     let ok = matches!(res, Ok(c) if c.failed == 0);
     stage.finish(ok);
     let c = res?;

@@ -61,17 +61,38 @@ pub fn smoke(stage: &Stage, secs: u64) -> Result<Counts> {
     crate::util::run(nightly_cargo().args(["fuzz", "build"]))?;
     let mut counts = Counts::default();
     for name in &names {
-        stage.note(format!("running {name} for {secs}s"));
-        let ok = crate::util::status(nightly_cargo().args(["fuzz", "run", name, "--"]).args([
-            format!("-max_total_time={secs}"),
-            "-print_final_stats=0".into(),
-        ]))?
+        // libFuzzer is chatty: its output goes to a log, shown on failure.
+        let log_dir = repo_root().join("fuzz/artifacts");
+        std::fs::create_dir_all(&log_dir).ctx(|| format!("creating {}", log_dir.display()))?;
+        let log_path = log_dir.join(format!("smoke-{name}.log"));
+        let log =
+            std::fs::File::create(&log_path).ctx(|| format!("creating {}", log_path.display()))?;
+        let log2 = log.try_clone().ctx(|| "duplicating the log fd".into())?;
+        stage.note(format!(
+            "running {name} for {secs}s (log: {})",
+            log_path.display()
+        ));
+        let ok = crate::util::status(
+            nightly_cargo()
+                .args(["fuzz", "run", name, "--"])
+                .arg(format!("-max_total_time={secs}"))
+                .stdout(log)
+                .stderr(log2),
+        )?
         .success();
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         if ok {
+            let done = text
+                .lines()
+                .rfind(|l| l.starts_with("Done "))
+                .unwrap_or("done");
+            stage.note(format!("{name}: {done}"));
             counts.passed += 1;
         } else {
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
             stage.note(format!(
-                "{name}: FAILED (see the crash above; artifacts in fuzz/artifacts)"
+                "{name}: FAILED (crash inputs in fuzz/artifacts/{name})"
             ));
             counts.failed += 1;
         }

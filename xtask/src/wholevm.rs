@@ -92,8 +92,11 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
         .timeout(Duration::from_secs(40 * 60))
         .echo(Some("  vm| "));
     for b in binaries {
-        builder =
-            builder.job(Job::new(&b.name, &b.executable).args(["--ignored", "--test-threads=1"]));
+        builder = builder.job(Job::new(&b.name, &b.executable).args([
+            "--ignored",
+            "--test-threads=1",
+            "--show-output",
+        ]));
     }
     Ok(builder.build()?.run()?)
 }
