@@ -738,7 +738,12 @@ impl TestHost {
                 Some(inside) => {
                     let name =
                         hypercontainer::initramfs::normalize(inside).map_err(Error::Initramfs)?;
-                    tree.add(host, format!("/{name}"), 0o644);
+                    use std::os::unix::fs::PermissionsExt;
+                    let perm = std::fs::metadata(host)
+                        .map_err(io_err(format!("reading {}", host.display())))?
+                        .permissions()
+                        .mode();
+                    tree.add(host, format!("/{name}"), perm & 0o7777);
                 }
                 None => {
                     tree.add_mirrored(host)?;
@@ -1134,6 +1139,63 @@ mod tests {
         std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
         let got = inside_path(&dir.path().join("link/lib.so.1")).unwrap();
         assert_eq!(got, real.canonicalize().unwrap().join("lib.so.1"));
+    }
+
+    #[test]
+    fn packs_jobs_libraries_modules_and_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("modules")).unwrap();
+        std::fs::write(d.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(d.join("modules/irqbypass.ko"), b"irq").unwrap();
+        std::fs::write(d.join("modules/kvm.ko"), b"kvm").unwrap();
+        std::fs::write(d.join("modules.order"), "irqbypass.ko\nkvm.ko\n").unwrap();
+        std::fs::write(d.join("vmlinux"), b"guest").unwrap();
+        std::fs::write(d.join("bzImage"), b"guest-bz").unwrap();
+        std::fs::write(d.join("data"), b"payload").unwrap();
+        let assets = HostAssets::from_dir(d).unwrap();
+        let sh = inside_path(Path::new("/bin/sh")).unwrap();
+        let host = TestHost::builder()
+            .mode(Mode::Emulated(assets.clone()))
+            .qemu("/bin/sh")
+            .busybox("/bin/sh")
+            .guest_kernel(d.join("vmlinux"), d.join("bzImage"))
+            .file(d.join("data"), "/srv/data")
+            .job(Job::new("t", "/bin/sh").args(["-c", "echo it's"]))
+            .build()
+            .unwrap();
+        let out = d.join("host.cpio");
+        let nonce = host.pack(&assets, &out).unwrap();
+        let entries = hypercontainer::initramfs::parse(&std::fs::read(&out).unwrap()).unwrap();
+
+        let init = String::from_utf8(entries["init"].data.clone()).unwrap();
+        assert!(init.contains(&format!("HCTH-{nonce} BEGIN 0")));
+        assert!(init.contains(&format!("exec '{}' '-c' 'echo it'\\''s'", sh.display())));
+        let guest = inside_path(&d.join("vmlinux")).unwrap();
+        assert!(init.contains(&format!("export {KERNEL_ENV}='{}'", guest.display())));
+        assert!(init.contains("export HYPERCONTAINER_TESTHOST='emulated'"));
+        let irq = init.find("insmod '/hc/modules/00-irqbypass.ko'").unwrap();
+        assert!(irq < init.find("insmod '/hc/modules/01-kvm.ko'").unwrap());
+
+        let key = |p: &Path| p.to_str().unwrap().trim_start_matches('/').to_string();
+        assert_eq!(entries[&key(&guest)].data, b"guest");
+        assert_eq!(entries["srv/data"].data, b"payload");
+        assert_eq!(entries["hc/modules/01-kvm.ko"].data, b"kvm");
+        assert_eq!(entries["dev/console"].rdev, (5, 1));
+        assert!(entries.contains_key(&key(&sh)));
+        for lib in ldd::shared_libraries(Path::new("/bin/sh")).unwrap() {
+            let inside = inside_path(&lib).unwrap();
+            let packed = &entries[&key(&inside)];
+            assert_eq!(
+                packed.data,
+                std::fs::read(&lib).unwrap(),
+                "{}",
+                lib.display()
+            );
+        }
+        if let Ok(target) = std::fs::read_link("/lib") {
+            assert_eq!(entries["lib"].data, target.to_str().unwrap().as_bytes());
+        }
     }
 
     #[test]

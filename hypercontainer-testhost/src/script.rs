@@ -115,8 +115,7 @@ pub enum Event {
     KvmReady,
     /// Job `idx` starts.
     Begin(usize),
-    /// Job `idx` ended with `code`; `before` is text printed on the same
-    /// line before the marker.
+    /// Job `idx` ended with exit code `code`.
     End {
         /// Job index.
         idx: usize,
