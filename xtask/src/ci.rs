@@ -217,7 +217,7 @@ pub fn cmd() -> Result<()> {
 
     match (kernel.as_ref(), mode) {
         (Some(kernel), Some(mode)) => {
-            t.stage("whole-VM tests", |s| whole_vm(s, mode, kernel));
+            t.stage("whole-VM tests", |s| whole_vm(s, mode, kernel, &[]));
         }
         _ => t.skip("whole-VM tests", "no guest kernel or test host"),
     }
@@ -246,13 +246,18 @@ pub fn cmd() -> Result<()> {
     Ok(())
 }
 
-/// Builds and runs the whole-VM test binaries, counting their tests.
+/// Builds and runs the whole-VM test binaries (only the targets named in
+/// `only`, when not empty), counting their tests.
 fn whole_vm(
     s: &Stage,
     mode: hypercontainer_testhost::Mode,
     kernel: &crate::kernel::BuiltKernel,
+    only: &[String],
 ) -> Result<Counts> {
-    let binaries = crate::wholevm::build()?;
+    let mut binaries = crate::wholevm::build()?;
+    if !only.is_empty() {
+        binaries.retain(|b| only.iter().any(|o| b.name.ends_with(&format!("/{o}"))));
+    }
     if binaries.is_empty() {
         return crate::util::fail("no whole_vm_* test target found");
     }
@@ -307,13 +312,14 @@ fn mode_here() -> Result<hypercontainer_testhost::Mode> {
     Ok(m)
 }
 
-/// `cargo xtask whole-vm`: only the whole-VM tests.
-pub fn whole_vm_cmd() -> Result<()> {
+/// `cargo xtask whole-vm [TARGET...]`: only the whole-VM tests (only the
+/// named test targets, e.g. `whole_vm_devices`, when given).
+pub fn whole_vm_cmd(only: &[String]) -> Result<()> {
     crate::deps::ensure_apt()?;
     let kernel = crate::kernel::ensure()?;
     let mode = mode_here()?;
     let stage = Stage::start("whole-VM tests");
-    let res = Ok(mode).and_then(|mode| whole_vm(&stage, mode, &kernel));
+    let res = Ok(mode).and_then(|mode| whole_vm(&stage, mode, &kernel, only));
     let ok = matches!(res, Ok(c) if c.failed == 0);
     stage.finish(ok);
     let c = res?;

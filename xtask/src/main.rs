@@ -29,7 +29,9 @@ commands:
                     run the main job (default: boot the guest kernel under
                     QEMU microvm), inside the emulated KVM host when this
                     machine has no hardware KVM
-  whole-vm          run only the whole-VM tests
+  whole-vm [TARGET...]
+                    run only the whole-VM tests (only the named
+                    whole_vm_* test targets, when given)
   fuzz [SECONDS]    build all fuzz targets and run each for SECONDS (20)";
 
 fn main() {
@@ -40,7 +42,7 @@ fn main() {
         Some("kernel") => kernel::cmd(),
         Some("testhost-assets") => assets::cmd(),
         Some("test") => ci::cmd(),
-        Some("whole-vm") => ci::whole_vm_cmd(),
+        Some("whole-vm") => ci::whole_vm_cmd(rest),
         Some("run") => run::cmd(rest),
         Some("fuzz") => fuzz::cmd(rest),
         Some("help" | "-h" | "--help") => {

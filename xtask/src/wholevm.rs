@@ -7,8 +7,8 @@ use crate::kernel::BuiltKernel;
 use crate::util::{cargo, fail, IoContext, Result};
 use hypercontainer_testhost::{Job, Mode, Report, TestHost};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Prefix of the integration test targets that need a whole VM.
@@ -83,6 +83,51 @@ pub fn build() -> Result<Vec<TestBinary>> {
     Ok(parse_artifacts(&text))
 }
 
+/// Host tools the whole-VM tests run (packed into the emulated host with
+/// their libraries), and the files those tools read.
+const TOOLS: &[&str] = &["mke2fs", "debugfs"];
+const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf"];
+
+/// Static programs the whole-VM tests put into their guests, built from C
+/// with the system compiler: (environment variable naming the binary,
+/// source relative to the repository, binary name).
+const GUEST_HELPERS: &[(&str, &str, &str)] = &[(
+    "HYPERCONTAINER_VSOCK_ECHO",
+    "hypercontainer/tests/guest/vsock_echo.c",
+    "vsock-echo",
+)];
+
+/// Builds [`GUEST_HELPERS`] into the target directory; returns
+/// (environment variable, binary).
+pub fn guest_helpers() -> Result<Vec<(&'static str, PathBuf)>> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::util::repo_root().join("target"));
+    let dir = target.join("guest-helpers");
+    std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    for (var, src, name) in GUEST_HELPERS {
+        let bin = dir.join(name);
+        crate::util::run(
+            Command::new("cc")
+                .args(["-static", "-O2", "-s", "-Wall", "-o"])
+                .arg(&bin)
+                .arg(crate::util::repo_root().join(src)),
+        )?;
+        out.push((*var, bin));
+    }
+    Ok(out)
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    crate::util::which(name).or_else(|| {
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Runs the given test binaries' ignored tests through the test host.
 pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
     let mut builder = TestHost::builder()
@@ -91,6 +136,21 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
         .env("RUST_BACKTRACE", "1")
         .timeout(Duration::from_secs(40 * 60))
         .echo(Some("  vm| "));
+    for name in TOOLS {
+        match tool(name) {
+            Some(p) => builder = builder.executable(p),
+            None => return fail(format!("{name} is not installed (cargo xtask deps)")),
+        }
+    }
+    for f in TOOL_FILES.iter().map(Path::new).filter(|f| f.is_file()) {
+        builder = builder.include(f);
+    }
+    for (var, bin) in guest_helpers()? {
+        builder = builder.include(&bin).env(
+            var,
+            hypercontainer_testhost::inside_path(&bin)?.to_string_lossy(),
+        );
+    }
     for b in binaries {
         builder = builder.job(Job::new(&b.name, &b.executable).args([
             "--ignored",

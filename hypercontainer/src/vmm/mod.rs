@@ -43,6 +43,7 @@ pub mod boot;
 pub mod bus;
 pub mod console;
 pub mod cpu;
+pub mod devices;
 mod kick;
 pub mod layout;
 pub mod mptable;
@@ -63,6 +64,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use bus::{Bus, BusDevice, SharedDevice};
 pub use console::{ConsoleSink, NullSink, WriterSink};
 pub use cpu::EntryMode;
+pub use devices::{BlockConfig, NetConfig};
 
 /// The command line used unless [`VmBuilder::cmdline`] replaces it: serial
 /// console, reset through the i8042 (how the guest powers off), reboot
@@ -268,6 +270,10 @@ pub enum Error {
     /// The outcome was already returned by an earlier `wait`.
     #[error("the VM's outcome was already collected")]
     AlreadyCollected,
+    /// A virtio device could not be set up, or the device event loop
+    /// failed (a device handler panicked, for one) and ended the VM.
+    #[error("virtio devices")]
+    Devices(#[source] devices::Error),
 }
 
 /// Result alias of the VMM core.
@@ -410,7 +416,7 @@ pub struct VmBuilder {
     console_tail: usize,
     pio_devices: Vec<(u64, u64, SharedDevice)>,
     mmio_devices: Vec<(u64, u64, SharedDevice)>,
-    virtio: Vec<VirtioMmioDevice>,
+    devices: devices::DeviceList,
     #[cfg(feature = "test-utils")]
     raw: Option<RawCode>,
 }
@@ -448,7 +454,7 @@ impl VmBuilder {
             console_tail: DEFAULT_CONSOLE_TAIL,
             pio_devices: Vec::new(),
             mmio_devices: Vec::new(),
-            virtio: Vec::new(),
+            devices: devices::DeviceList::default(),
             #[cfg(feature = "test-utils")]
             raw: None,
         }
@@ -553,7 +559,7 @@ impl VmBuilder {
     /// The slot the next [`virtio_mmio_device`](Self::virtio_mmio_device)
     /// will get (slots are handed out in order).
     pub fn next_virtio_slot(&self) -> MmioSlot {
-        slot(self.virtio.len() as u32)
+        slot(self.devices.len() as u32)
     }
 
     /// Adds a virtio-mmio transport in the next slot: its window goes on the
@@ -561,7 +567,42 @@ impl VmBuilder {
     /// eventfds become ioeventfds, and the kernel command line declares it
     /// (`virtio_mmio.device=4K@<base>:<irq>`).
     pub fn virtio_mmio_device(mut self, device: VirtioMmioDevice) -> Self {
-        self.virtio.push(device);
+        self.devices.push(devices::DeviceSpec::Custom(device));
+        self
+    }
+
+    /// Adds a virtio block device in the next slot (see [`devices`] for
+    /// slot order and the event loop).
+    pub fn block(mut self, config: devices::BlockConfig) -> Self {
+        self.devices.push(devices::DeviceSpec::Block(config));
+        self
+    }
+
+    /// Adds the vsock device with the guest's CID (above 2); its host side
+    /// is [`Vm::vsock`]. At most one per VM.
+    pub fn vsock(mut self, guest_cid: u64) -> Self {
+        self.devices.push(devices::DeviceSpec::Vsock(guest_cid));
+        self
+    }
+
+    /// Adds a virtio-rng device (entropy from the host's `getrandom`).
+    pub fn rng(mut self) -> Self {
+        self.devices.push(devices::DeviceSpec::Rng);
+        self
+    }
+
+    /// Adds a single-port virtio console whose guest output goes to
+    /// `output` (the guest's `/dev/hvc0`); its input is
+    /// [`Vm::virtio_console_input`].
+    pub fn virtio_console(mut self, output: impl std::io::Write + Send + 'static) -> Self {
+        self.devices
+            .push(devices::DeviceSpec::Console(Box::new(output)));
+        self
+    }
+
+    /// Adds a virtio network device.
+    pub fn net(mut self, config: devices::NetConfig) -> Self {
+        self.devices.push(devices::DeviceSpec::Net(config));
         self
     }
 
@@ -619,9 +660,10 @@ impl VmBuilder {
             return Err(Error::HugepageSize(self.memory_mib));
         }
         let max_virtio = layout::LAST_IRQ - layout::VIRTIO_MMIO_FIRST_IRQ + 1;
-        if self.virtio.len() as u32 > max_virtio {
+        if self.devices.len() as u32 > max_virtio {
             return Err(Error::TooManyDevices(max_virtio));
         }
+        self.devices.validate().map_err(Error::Devices)?;
         let raw = self.take_raw()?;
         let boots_linux = raw.is_none();
         let irqchip = raw.as_ref().is_none_or(|r| r.irqchip);
@@ -716,8 +758,20 @@ impl VmBuilder {
         for (base, len, dev) in self.mmio_devices {
             mmio.insert(base, len, dev).map_err(Error::Bus)?;
         }
+        let weak = Arc::downgrade(&control);
+        let (virtio, devices) = std::mem::take(&mut self.devices)
+            .realize(
+                &memory,
+                slot,
+                Box::new(move |e| {
+                    if let Some(c) = weak.upgrade() {
+                        c.finish(Err(Error::Devices(e)));
+                    }
+                }),
+            )
+            .map_err(Error::Devices)?;
         let mut virtio_fds = Vec::new();
-        for (i, dev) in self.virtio.into_iter().enumerate() {
+        for (i, dev) in virtio.into_iter().enumerate() {
             let s = slot(i as u32);
             mmio.insert(s.base, s.size, dev.device)
                 .map_err(Error::Bus)?;
@@ -849,6 +903,7 @@ impl VmBuilder {
             pio,
             mmio,
             _virtio_fds: virtio_fds,
+            devices,
             _serial_irq: serial_irq,
             vm_fd,
             memory,
@@ -871,7 +926,7 @@ impl VmBuilder {
         if !self.cmdline.trim().is_empty() {
             c.insert_str(self.cmdline.trim()).map_err(Error::Cmdline)?;
         }
-        for i in 0..self.virtio.len() {
+        for i in 0..self.devices.len() {
             let s = slot(i as u32);
             c.add_virtio_mmio_device(s.size, GuestAddress(s.base), s.irq, None)
                 .map_err(Error::Cmdline)?;
@@ -978,6 +1033,7 @@ pub struct Vm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     _virtio_fds: Vec<EventFd>,
+    devices: devices::Devices,
     _serial_irq: EventFd,
     // Field order matters for Drop: the VM fd closes before memory unmaps.
     vm_fd: VmFd,
@@ -1019,6 +1075,7 @@ impl Vm {
             // carry anything more.
             let _ = h.join();
         }
+        self.devices.stop();
         self.control
             .take_outcome()
             .unwrap_or(Err(Error::AlreadyCollected))
@@ -1072,6 +1129,22 @@ impl Vm {
     /// The MMIO bus.
     pub fn mmio_bus(&self) -> &Bus {
         &self.mmio
+    }
+
+    /// The virtio devices the builder configured, with their slots.
+    pub fn devices(&self) -> &devices::Devices {
+        &self.devices
+    }
+
+    /// The host side of the vsock device (connect to guest ports, accept
+    /// guest connections), if the VM has one.
+    pub fn vsock(&self) -> Option<&devices::VsockHost> {
+        self.devices.vsock()
+    }
+
+    /// The input of the virtio console, if the VM has one.
+    pub fn virtio_console_input(&self) -> Option<&devices::ConsoleInput> {
+        self.devices.console_input()
     }
 
     /// The KVM VM file descriptor (for wiring more irqfds/ioeventfds).
@@ -1132,6 +1205,7 @@ impl Drop for Vm {
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
+        self.devices.stop();
     }
 }
 

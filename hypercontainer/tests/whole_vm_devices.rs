@@ -1,0 +1,404 @@
+//! Whole-VM device tests: a real guest kernel drives the VMM's virtio-mmio
+//! devices (block, vsock, rng, console) through the device manager, in one
+//! guest boot (boots are slow in the emulated KVM host).
+//!
+//! They need hardware KVM (directly or nested) and are run by `cargo xtask
+//! test` / `cargo xtask whole-vm`, which provide:
+//!
+//! - `HYPERCONTAINER_KERNEL`: the guest's PVH `vmlinux`;
+//! - `HYPERCONTAINER_BUSYBOX`: a static busybox (the guest's `/init` script);
+//! - `HYPERCONTAINER_VSOCK_ECHO`: the static guest helper built from
+//!   `tests/guest/vsock_echo.c` (busybox has no vsock tool);
+//! - `mke2fs` and `debugfs` (e2fsprogs) on `PATH`, to make the guest's ext4
+//!   disks and to read them after the VM ended.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hypercontainer::initramfs::{CpioWriter, Metadata};
+use hypercontainer::vmm::devices::DeviceKind;
+use hypercontainer::vmm::{BlockConfig, ExitReason, VmBuilder};
+
+/// Guest port the guest's echo server listens on.
+const GUEST_PORT: u32 = 5000;
+/// Host port the guest's echo client connects to.
+const HOST_PORT: u32 = 6000;
+/// Bytes sent through each echo.
+const ECHO_BYTES: u64 = 4 << 20;
+const GUEST_CID: u64 = 3;
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn env_path(name: &str) -> PathBuf {
+    let p = std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{name} must name a file (cargo xtask test sets it)"));
+    assert!(p.is_file(), "{name}={} does not exist", p.display());
+    p
+}
+
+/// The byte stream the guest helper generates and checks (xorshift32 of the
+/// word index, little-endian bytes).
+fn pattern_byte(i: u64) -> u8 {
+    let mut x = ((i / 4) as u32)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(0x9e37_79b9);
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    (x >> (8 * (i % 4))) as u8
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An ext4 image of `mib` MiB holding the files of `dir`.
+fn ext4_image(image: &Path, dir: &Path, mib: u64) {
+    std::fs::File::create(image)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(dir)
+        .arg(image));
+}
+
+/// A file of an ext4 image, read with debugfs (no mount needed).
+fn ext4_cat(image: &Path, file: &str) -> String {
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {file}"))
+        .arg(image))
+}
+
+fn initramfs(init: &str) -> Vec<u8> {
+    let busybox = env_path("HYPERCONTAINER_BUSYBOX");
+    let echo = env_path("HYPERCONTAINER_VSOCK_ECHO");
+    let mut cpio = CpioWriter::new(Vec::new());
+    cpio.char_device("/dev/console", Metadata::new(0o600), 5, 1)
+        .unwrap()
+        .dir("/proc", Metadata::new(0o755))
+        .unwrap()
+        .dir("/sys", Metadata::new(0o755))
+        .unwrap()
+        .dir("/mnt", Metadata::new(0o755))
+        .unwrap()
+        .file_from_path("/bin/busybox", Metadata::new(0o755), &busybox)
+        .unwrap()
+        .symlink("/bin/sh", "busybox", Metadata::new(0o777))
+        .unwrap()
+        .file_from_path("/bin/vsock-echo", Metadata::new(0o755), &echo)
+        .unwrap()
+        .file("/init", Metadata::new(0o755), init.as_bytes())
+        .unwrap();
+    cpio.finish().unwrap()
+}
+
+/// Connects to the guest's echo server (retrying until it listens), sends
+/// the pattern and checks the echo. Returns the bytes checked and the time
+/// the echo took.
+fn host_to_guest_echo(
+    host: hypercontainer::vmm::devices::VsockHost,
+) -> Result<(u64, Duration), String> {
+    let deadline = Instant::now() + TIMEOUT;
+    let stream = loop {
+        match host.connect(GUEST_PORT, Duration::from_secs(10)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(format!("connect to guest port {GUEST_PORT}: {e}")),
+        }
+    };
+    let start = Instant::now();
+    echo_check(stream).map(|n| (n, start.elapsed()))
+}
+
+/// Sends `ECHO_BYTES` of the pattern on one thread, reads and compares the
+/// echo on this one.
+fn echo_check(stream: UnixStream) -> Result<u64, String> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        while sent < ECHO_BYTES {
+            let n = (ECHO_BYTES - sent).min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern_byte(sent + i as u64);
+            }
+            writer.write_all(&buf[..n])?;
+            sent += n as u64;
+        }
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut reader = stream;
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    while received < ECHO_BYTES {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("reading the echo after {received} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("echo ended after {received} of {ECHO_BYTES} bytes"));
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = received + i as u64;
+            if b != pattern_byte(at) {
+                return Err(format!("echo byte {at} differs"));
+            }
+        }
+        received += n as u64;
+    }
+    sender
+        .join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("sending: {e}"))?;
+    // The guest closes after our shutdown: nothing more arrives.
+    match reader.read(&mut buf) {
+        Ok(0) => Ok(received),
+        Ok(n) => Err(format!("{n} bytes more than sent")),
+        Err(e) => Err(format!("waiting for the end of the echo: {e}")),
+    }
+}
+
+/// Accepts the guest's connection and echoes everything back until the
+/// guest shuts down its side. Returns the bytes echoed.
+fn guest_to_host_echo(
+    listener: hypercontainer::vmm::devices::VsockListener,
+) -> Result<u64, String> {
+    let (mut stream, port) = listener
+        .accept(TIMEOUT)
+        .map_err(|e| format!("accept on host port {HOST_PORT}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    let _ = port;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| format!("reading after {total} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        stream
+            .write_all(&buf[..n])
+            .map_err(|e| format!("echoing after {total} bytes: {e}"))?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// Collects what a `Write` receives (the virtio console's output).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn line_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
+    console
+        .lines()
+        .rev()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(key))
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn guest_uses_block_vsock_rng_and_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("token-{:x}", std::process::id() as u64 * 2_654_435_761);
+
+    // Disk 0 (vda): read-write ext4 holding hello.txt.
+    let rw_tree = dir.path().join("rw");
+    std::fs::create_dir(&rw_tree).unwrap();
+    std::fs::write(rw_tree.join("hello.txt"), format!("{token}\n")).unwrap();
+    let rw_image = dir.path().join("rw.ext4");
+    ext4_image(&rw_image, &rw_tree, 16);
+    // Disk 1 (vdb): read-only ext4 holding ro.txt.
+    let ro_tree = dir.path().join("ro");
+    std::fs::create_dir(&ro_tree).unwrap();
+    std::fs::write(ro_tree.join("ro.txt"), "read-only content\n").unwrap();
+    let ro_image = dir.path().join("ro.ext4");
+    ext4_image(&ro_image, &ro_tree, 8);
+    let ro_before = std::fs::read(&ro_image).unwrap();
+
+    let init = format!(
+        r#"#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "serial-a=$(cat /sys/block/vda/serial)"
+echo "serial-b=$(cat /sys/block/vdb/serial)"
+echo "ro-flag=$(cat /sys/block/vdb/ro)"
+mkdir -p /mnt/rw /mnt/ro
+mount -t ext4 /dev/vda /mnt/rw; echo "mount-rw-rc=$?"
+echo "rw-read=$(cat /mnt/rw/hello.txt)"
+echo "guest-wrote-$(cat /mnt/rw/hello.txt)" > /mnt/rw/from-guest.txt; echo "write-rc=$?"
+sync
+umount /mnt/rw; echo "umount-rw-rc=$?"
+mount -t ext4 -o ro /dev/vdb /mnt/ro; echo "mount-ro-rc=$?"
+echo "ro-read=$(cat /mnt/ro/ro.txt)"
+mount -o remount,rw /mnt/ro 2>/dev/null; echo "remount-rw-rc=$?"
+umount /mnt/ro
+dd if=/dev/zero of=/dev/vdb bs=4096 count=16 conv=fsync 2>/dev/null; echo "raw-write-ro-rc=$?"
+echo "rng-current=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "hwrng-bytes=$(head -c 4096 /dev/hwrng | wc -c)"
+echo "hwrng-distinct=$(head -c 4096 /dev/hwrng | od -An -v -tx1 | tr -s ' ' '\n' | sort -u | grep -c .)"
+echo "virtio console says hi" > /dev/hvc0; echo "hvc-rc=$?"
+vsock-echo serve {GUEST_PORT}; echo "serve-rc=$?"
+vsock-echo client 2 {HOST_PORT} {ECHO_BYTES}; echo "client-rc=$?"
+echo "init-done"
+reboot -f
+"#
+    );
+
+    let (tx, rx) = mpsc::channel();
+    let hvc = Captured::default();
+    let mut vm = VmBuilder::new()
+        .kernel(env_path("HYPERCONTAINER_KERNEL"))
+        .initramfs_bytes(initramfs(&init))
+        .memory_mib(256)
+        .append_cmdline("quiet")
+        .console_channel(tx)
+        .block(BlockConfig::new(&rw_image).serial("rw-disk"))
+        .block(BlockConfig::new(&ro_image).read_only(true).serial("layer0"))
+        .vsock(GUEST_CID)
+        .rng()
+        .virtio_console(hvc.clone())
+        .build()
+        .expect("build the VM");
+    let kinds: Vec<DeviceKind> = vm.devices().info().iter().map(|d| d.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            DeviceKind::Block,
+            DeviceKind::Block,
+            DeviceKind::Vsock,
+            DeviceKind::Rng,
+            DeviceKind::Console
+        ]
+    );
+
+    let host = vm.vsock().expect("the VM has a vsock device").clone();
+    let listener = host.listen(HOST_PORT, 1).unwrap();
+    let started = Instant::now();
+    let h2g = std::thread::spawn(move || host_to_guest_echo(host));
+    let g2h = std::thread::spawn(move || guest_to_host_echo(listener));
+
+    let outcome = match vm.wait_timeout(TIMEOUT) {
+        Some(o) => o,
+        None => {
+            vm.stop();
+            panic!(
+                "the guest did not finish in {TIMEOUT:?}; console tail:\n{}",
+                vm.console_tail().join("\n")
+            );
+        }
+    };
+    let elapsed = started.elapsed();
+    drop(vm);
+    let console =
+        String::from_utf8_lossy(&rx.try_iter().flatten().collect::<Vec<u8>>()).into_owned();
+    eprintln!("guest console:\n{console}\n(VM ran {elapsed:.1?})");
+    assert!(
+        matches!(outcome, Ok(ExitReason::Reset)),
+        "expected the guest to reset, got {outcome:?}"
+    );
+    let v = |key: &str| {
+        line_value(&console, key)
+            .unwrap_or_else(|| panic!("no '{key}' line on the console"))
+            .to_string()
+    };
+    assert_eq!(v("init-done"), "");
+
+    // Block: serials, read-write ext4, read-only disk.
+    assert_eq!(v("serial-a="), "rw-disk");
+    assert_eq!(v("serial-b="), "layer0");
+    assert_eq!(v("ro-flag="), "1");
+    assert_eq!(v("mount-rw-rc="), "0");
+    assert_eq!(v("rw-read="), token);
+    assert_eq!(v("write-rc="), "0");
+    assert_eq!(v("umount-rw-rc="), "0");
+    assert_eq!(
+        ext4_cat(&rw_image, "/from-guest.txt").trim_end(),
+        format!("guest-wrote-{token}"),
+        "the host sees the guest's file after the VM ended"
+    );
+    assert_eq!(v("mount-ro-rc="), "0");
+    assert_eq!(v("ro-read="), "read-only content");
+    assert_ne!(
+        v("remount-rw-rc="),
+        "0",
+        "a read-only disk was remounted rw"
+    );
+    assert_ne!(
+        v("raw-write-ro-rc="),
+        "0",
+        "a raw write to the read-only disk succeeded"
+    );
+    assert!(
+        std::fs::read(&ro_image).unwrap() == ro_before,
+        "the read-only image changed"
+    );
+
+    // Rng.
+    assert!(v("rng-current=").starts_with("virtio_rng"), "{console}");
+    assert_eq!(v("hwrng-bytes="), "4096");
+    let distinct: u32 = v("hwrng-distinct=").parse().unwrap();
+    assert!(
+        distinct > 200,
+        "4 KiB of /dev/hwrng has only {distinct} distinct byte values"
+    );
+
+    // Console.
+    assert_eq!(v("hvc-rc="), "0");
+    let hvc = String::from_utf8_lossy(&hvc.0.lock().unwrap()).into_owned();
+    assert!(
+        hvc.contains("virtio console says hi"),
+        "virtio console got {hvc:?}"
+    );
+
+    // Vsock, both directions.
+    assert_eq!(v("serve-rc="), "0");
+    assert_eq!(v("client-rc="), "0");
+    assert_eq!(v("vsock-echo client ok "), ECHO_BYTES.to_string());
+    let (n, t) = h2g.join().unwrap().expect("host -> guest echo");
+    assert_eq!(n, ECHO_BYTES);
+    let g = g2h.join().unwrap().expect("guest -> host echo");
+    assert_eq!(g, ECHO_BYTES);
+    eprintln!(
+        "vsock host->guest echo: {} MiB each way in {t:.2?} ({:.1} MiB/s)",
+        ECHO_BYTES >> 20,
+        (ECHO_BYTES >> 20) as f64 / t.as_secs_f64()
+    );
+}
