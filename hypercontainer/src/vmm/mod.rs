@@ -408,6 +408,7 @@ pub struct VmBuilder {
     memory_mib: u64,
     vcpus: u32,
     hugepages: bool,
+    thp: bool,
     kernel: Option<PathBuf>,
     initramfs: Option<Initramfs>,
     cmdline: String,
@@ -446,6 +447,7 @@ impl VmBuilder {
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: 1,
             hugepages: false,
+            thp: true,
             kernel: None,
             initramfs: None,
             cmdline: DEFAULT_CMDLINE.to_string(),
@@ -476,6 +478,14 @@ impl VmBuilder {
     /// `/proc/sys/vm/nr_hugepages`).
     pub fn hugepages(mut self, on: bool) -> Self {
         self.hugepages = on;
+        self
+    }
+
+    /// Advise transparent hugepages for guest memory (default on; ignored
+    /// with [`hugepages`](Self::hugepages)). Fewer page faults and TLB
+    /// misses, at the price of zeroing 2 MiB at a time.
+    pub fn transparent_hugepages(mut self, on: bool) -> Self {
+        self.thp = on;
         self
     }
 
@@ -697,7 +707,7 @@ impl VmBuilder {
         }
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem_size = self.memory_mib << 20;
-        let memory = alloc_memory(mem_size, self.hugepages)?;
+        let memory = alloc_memory(mem_size, self.hugepages, self.thp)?;
         register_memory(&vm_fd, &memory)?;
 
         if irqchip {
@@ -983,7 +993,7 @@ fn open_kvm() -> Result<Kvm> {
     })
 }
 
-fn alloc_memory(mem_size: u64, hugepages: bool) -> Result<GuestMemoryMmap> {
+fn alloc_memory(mem_size: u64, hugepages: bool, thp: bool) -> Result<GuestMemoryMmap> {
     let mut regions = Vec::new();
     for (start, size) in layout::ram_regions(mem_size) {
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
@@ -996,6 +1006,15 @@ fn alloc_memory(mem_size: u64, hugepages: bool) -> Result<GuestMemoryMmap> {
             .with_hugetlbfs(hugepages)
             .build()
             .map_err(|e| Error::MemoryAlloc(Box::new(e)))?;
+        if thp && !hugepages {
+            // Transparent hugepages: far fewer page faults while loading the
+            // kernel and fewer TLB misses in the guest. Advisory only.
+            // SAFETY: the range is exactly the mapping just created, owned by
+            // `region`; madvise does not change its contents.
+            let _ = unsafe {
+                libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_HUGEPAGE)
+            };
+        }
         let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(start))
             .ok_or_else(|| Error::MemoryAlloc("guest region wraps the address space".into()))?;
         regions.push(region);
