@@ -1,0 +1,55 @@
+//! Starts a sandbox whose main process idles, runs two more processes in it
+//! with `exec`, then stops it.
+//!
+//! ```text
+//! cargo run -p hypercontainer-examples --example exec -- IMAGE
+//! ```
+//!
+//! IMAGE as for the `run` example (default: `$HYPERCONTAINER_TEST_IMAGE`,
+//! the busybox test image, when set).
+
+use std::io::Read;
+use std::time::Duration;
+
+use hypercontainer::sandbox::{Exec, Sandbox};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let image = match std::env::args().nth(1) {
+        Some(i) => i,
+        None => match std::env::var("HYPERCONTAINER_TEST_IMAGE") {
+            Ok(p) => format!("oci-archive:{p}:test"),
+            Err(_) => return Err("usage: exec IMAGE".into()),
+        },
+    };
+    let sandbox = Sandbox::builder()
+        .image(image.parse()?)
+        .cmd(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"])
+        .start()?;
+    println!("sandbox {} started", sandbox.id());
+
+    for argv in [
+        vec!["uname", "-srm"],
+        vec![
+            "sh",
+            "-c",
+            "echo \"$(hostname): $(ps | wc -l) lines of ps\"",
+        ],
+    ] {
+        let p = sandbox.exec(Exec::new(argv.clone()))?;
+        let mut out = String::new();
+        p.stdout()?.read_to_string(&mut out)?;
+        let status = p.wait()?;
+        print!("exec {argv:?} -> {status}: {out}");
+    }
+
+    let status = sandbox.stop(Duration::from_secs(5))?;
+    println!("stopped: main process exited with {status}");
+    let t = sandbox.boot_timings();
+    println!(
+        "started in {:?} (VM built {:?}, agent connected {:?})",
+        t.process_started.unwrap_or_default(),
+        t.vm_built,
+        t.agent_connected
+    );
+    Ok(())
+}
