@@ -742,5 +742,52 @@ fn store_verifies_blobs_before_use() {
         |_, _| {},
     );
     import(&l6, &store).unwrap();
-    let _ = Platform::default();
+}
+
+#[test]
+fn failed_rootfs_unpack_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tar_of(vec![file("ok", b"ok")]);
+    let evil = tar_of(vec![file("fine", b"1"), hardlink("h", "../../outside")]);
+    let layout = write_layout(
+        &tmp.path().join("layout"),
+        &[(good.clone(), gzip(&good)), (evil.clone(), gzip(&evil))],
+        |_, _| {},
+    );
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let img = ImageSource::OciLayout { path: layout }
+        .open(None, &Platform::default(), &Limits::default())
+        .unwrap();
+    let err = img
+        .unpack_rootfs(
+            &out.join("rootfs"),
+            &UnpackOptions::new(WhiteoutMode::Apply),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SourceError::Unpack {
+                index: 1,
+                source: UnpackError::DotDot(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        names(&out).is_empty(),
+        "partial rootfs or scratch left: {:?}",
+        names(&out)
+    );
+    // An existing destination is never written into.
+    fs::create_dir(out.join("rootfs")).unwrap();
+    let err = img
+        .unpack_rootfs(
+            &out.join("rootfs"),
+            &UnpackOptions::new(WhiteoutMode::Apply),
+        )
+        .unwrap_err();
+    assert!(matches!(err, SourceError::DestinationExists(_)), "{err:?}");
 }
