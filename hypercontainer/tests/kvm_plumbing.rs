@@ -456,3 +456,39 @@ fn a_pvm_host_explains_why_linux_does_not_boot() {
     assert!(matches!(e, Error::PvmHost { .. }), "{e}");
     assert!(e.to_string().contains("PVM"), "{e}");
 }
+
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hugepage_memory_runs_or_fails_cleanly() {
+    if !have_kvm() {
+        return;
+    }
+    let code = [0xb0, 0x07, 0xe6, 0x10, 0xf4]; // out 0x10, 7; hlt
+    let port = Arc::new(Mutex::new(Probe::default()));
+    let built = VmBuilder::new()
+        .memory_mib(2)
+        .hugepages(true)
+        .raw_code(raw(&code, &[LOAD as u16]))
+        .pio_device(0x10, 1, port.clone())
+        .build();
+    if free_hugepages() >= 1 {
+        let mut vm = built.expect("hugepages are reserved, the VM must build");
+        assert_eq!(wait(&mut vm).unwrap(), ExitReason::Halted);
+        assert_eq!(port.lock().unwrap().writes[0].1, vec![7]);
+    } else {
+        // No hugepages reserved on this host: a typed error, not a crash.
+        assert!(
+            matches!(built, Err(Error::MemoryAlloc(_))),
+            "{:?}",
+            built.err()
+        );
+    }
+}

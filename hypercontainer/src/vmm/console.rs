@@ -79,7 +79,7 @@ impl ConsoleTail {
         }
     }
 
-    /// Feeds output; returns the complete lines it finished.
+    /// Feeds output; calls `on_line` for every line it completes.
     fn push(&mut self, bytes: &[u8], mut on_line: impl FnMut(&str)) {
         for &b in bytes {
             match b {

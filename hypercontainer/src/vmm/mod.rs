@@ -996,10 +996,14 @@ fn open_kvm() -> Result<Kvm> {
 fn alloc_memory(mem_size: u64, hugepages: bool, thp: bool) -> Result<GuestMemoryMmap> {
     let mut regions = Vec::new();
     for (start, size) in layout::ram_regions(mem_size) {
-        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        if hugepages {
-            flags |= libc::MAP_HUGETLB;
-        }
+        // Hugepages are reserved at mmap time (no MAP_NORESERVE), so a host
+        // without enough of them fails here instead of raising SIGBUS when
+        // the guest touches its memory.
+        let flags = if hugepages {
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB
+        } else {
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE
+        };
         let region = MmapRegionBuilder::new(size as usize)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(flags)

@@ -382,3 +382,65 @@ pub fn thread_main(mut vcpu: Vcpu, control: Arc<Control>) {
     control.vcpu_gone(halted);
     drop(vcpu);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn control(vcpus: usize) -> (Control, Arc<ConsoleState>) {
+        let console = Arc::new(ConsoleState::new(8));
+        (
+            Control::new(vcpus, kick::default_signal(), console.clone(), true),
+            console,
+        )
+    }
+
+    #[test]
+    fn the_first_outcome_wins() {
+        let (c, _) = control(1);
+        assert!(!c.wait_done(Some(Duration::from_millis(1))));
+        c.finish(Ok(ExitReason::Reset));
+        c.finish(Ok(ExitReason::Stopped));
+        assert!(c.wait_done(Some(Duration::from_millis(1))));
+        assert!(matches!(c.take_outcome(), Some(Ok(ExitReason::Reset))));
+        assert!(c.take_outcome().is_none());
+    }
+
+    #[test]
+    fn a_reset_after_a_kernel_panic_is_a_panic_error() {
+        let (c, console) = control(1);
+        console.panicked.store(true, Ordering::SeqCst);
+        c.finish(Ok(ExitReason::Reset));
+        assert!(matches!(
+            c.take_outcome(),
+            Some(Err(Error::GuestPanic { .. }))
+        ));
+        // A host stop is still a stop.
+        let (c, console) = control(1);
+        console.panicked.store(true, Ordering::SeqCst);
+        c.finish(Ok(ExitReason::Stopped));
+        assert!(matches!(c.take_outcome(), Some(Ok(ExitReason::Stopped))));
+    }
+
+    #[test]
+    fn pause_returns_once_vcpus_are_gone_and_last_halt_ends_the_vm() {
+        let (c, _) = control(2);
+        c.vcpu_gone(true);
+        assert!(!c.is_done());
+        c.vcpu_gone(true);
+        assert!(c.is_done());
+        // Pausing a finished VM does not block.
+        c.pause();
+        c.resume();
+        assert!(matches!(c.take_outcome(), Some(Ok(ExitReason::Halted))));
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        let p = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_message(&*p), "boom 1");
+        let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(&*p), "non-string panic payload");
+    }
+}
