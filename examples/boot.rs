@@ -114,6 +114,12 @@ fn main() -> ExitCode {
         },
     };
     let _ = std::io::stdout().flush();
+    if args.report {
+        match vmm::rss_excluding_guest_kib(&[&vm]) {
+            Ok(kib) => eprintln!("boot: after the run, RSS outside guest memory: {kib} KiB"),
+            Err(e) => eprintln!("boot: cannot read RSS: {e}"),
+        }
+    }
     match outcome {
         Ok(reason) => {
             eprintln!("boot: guest ended: {reason:?}");

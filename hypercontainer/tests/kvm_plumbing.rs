@@ -492,3 +492,35 @@ fn hugepage_memory_runs_or_fails_cleanly() {
         );
     }
 }
+
+#[test]
+fn the_kick_signal_is_configurable() {
+    if !have_kvm() {
+        return;
+    }
+    let signal = vmm_sys_util::signal::SIGRTMIN() + 3;
+    let mut vm = VmBuilder::new()
+        .memory_mib(1)
+        .kick_signal(signal)
+        .raw_code(raw(&[0xeb, 0xfe], &[LOAD as u16])) // jmp $
+        .build()
+        .unwrap();
+    // The VM installed its handler for that signal.
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into a zeroed plain-data struct.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `current` outlives the call.
+    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+    assert_eq!(rc, 0);
+    assert_ne!(current.sa_sigaction, libc::SIG_DFL);
+    assert_ne!(current.sa_sigaction, libc::SIG_IGN);
+    let start = Instant::now();
+    while vm.boot_times().first_run.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "guest never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    vm.pause();
+    vm.resume();
+    vm.stop();
+    assert_eq!(wait(&mut vm).unwrap(), ExitReason::Stopped);
+}
