@@ -168,3 +168,63 @@ fn killed_imports_leave_no_partial_entries() {
     assert_eq!(store.get(&img.id).unwrap().unwrap().layers.len(), 3);
     let _ = fs::metadata(&root);
 }
+
+/// Imports as an unprivileged user: nothing needs root; ownership, whiteouts
+/// and opaque markers that cannot be applied are recorded in the layer meta.
+#[test]
+fn unprivileged_import_records_what_it_cannot_apply() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut owned = header(b"home/u/f", tar::EntryType::Regular, 1);
+    owned.set_uid(1000);
+    owned.set_gid(1000);
+    owned.set_cksum();
+    let lower = tar_of(vec![
+        dir_entry("home/"),
+        dir_entry("home/u/"),
+        (owned, b"x".to_vec()),
+        file("gone", b""),
+    ]);
+    let upper = tar_of(vec![
+        file(".wh.gone", b""),
+        dir_entry("home/"),
+        file("home/.wh..wh..opq", b""),
+    ]);
+    let layout = write_layout(
+        &tmp.path().join("layout"),
+        &[(lower.clone(), gzip(&lower)), (upper.clone(), gzip(&upper))],
+        |_, _| {},
+    );
+    let root = tmp.path().join("store");
+    fs::create_dir(&root).unwrap();
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    run(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "import",
+        ])
+        .arg(&root)
+        .arg("oci")
+        .arg(&layout)
+        .arg("latest"));
+    let store = ImageStore::open(&root).unwrap();
+    let id = store.list().unwrap().remove(0);
+    let img = store.get(&id).unwrap().unwrap();
+    let owners = &img.layers[0].meta.ownership;
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.path == "home/u/f" && o.uid == 1000 && o.gid == 1000),
+        "{owners:?}"
+    );
+    assert_eq!(img.layers[1].meta.whiteouts, vec!["gone".to_string()]);
+    assert_eq!(img.layers[1].meta.opaque_dirs, vec!["home".to_string()]);
+    assert!(img
+        .layers
+        .iter()
+        .all(|l| l.erofs_path.as_ref().is_some_and(|p| p.is_file())));
+}
