@@ -55,10 +55,21 @@ struct Run {
 }
 
 fn boot(kernel: PathBuf, vcpus: u32, initramfs: Vec<u8>) -> Run {
+    boot_with(VmBuilder::new().initramfs_bytes(initramfs), kernel, vcpus)
+}
+
+/// Like [`boot`], with the initramfs read from a file.
+fn boot_from_file(kernel: PathBuf, vcpus: u32, initramfs: Vec<u8>) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("initramfs.cpio");
+    std::fs::write(&path, initramfs).unwrap();
+    boot_with(VmBuilder::new().initramfs(path), kernel, vcpus)
+}
+
+fn boot_with(builder: VmBuilder, kernel: PathBuf, vcpus: u32) -> Run {
     let (tx, rx) = mpsc::channel();
-    let mut vm = VmBuilder::new()
+    let mut vm = builder
         .kernel(kernel)
-        .initramfs_bytes(initramfs)
         .vcpus(vcpus)
         .memory_mib(128)
         .console_channel(tx)
@@ -105,14 +116,14 @@ fn vmlinux_pvh_one_vcpu_runs_init_and_resets() {
 #[test]
 #[ignore = "whole-VM test: run by cargo xtask test"]
 fn vmlinux_pvh_two_vcpus_are_both_seen() {
-    let run = boot(env_path("HYPERCONTAINER_KERNEL"), 2, good_init());
+    let run = boot_from_file(env_path("HYPERCONTAINER_KERNEL"), 2, good_init());
     expect_init_line(run, 2);
 }
 
 #[test]
 #[ignore = "whole-VM test: run by cargo xtask test"]
 fn bzimage_one_vcpu_runs_init_and_resets() {
-    let run = boot(env_path("HYPERCONTAINER_BZIMAGE"), 1, good_init());
+    let run = boot_from_file(env_path("HYPERCONTAINER_BZIMAGE"), 1, good_init());
     expect_init_line(run, 1);
 }
 

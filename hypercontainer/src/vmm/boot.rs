@@ -167,12 +167,36 @@ pub fn inspect<F: Read + Seek>(image: &mut F, path: &Path) -> Result<KernelInfo>
     Err(not("neither an ELF vmlinux nor a bzImage"))
 }
 
+/// Where the initramfs comes from.
+pub enum InitramfsSource<'a> {
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// An open file of `len` bytes, read straight into guest memory.
+    File {
+        /// The open file.
+        file: File,
+        /// Its path (for errors).
+        path: &'a Path,
+        /// Its size.
+        len: u64,
+    },
+}
+
+impl InitramfsSource<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Bytes(b) => b.len() as u64,
+            Self::File { len, .. } => *len,
+        }
+    }
+}
+
 /// Everything [`load`] needs.
 pub struct BootConfig<'a> {
     /// Kernel image path.
     pub kernel: &'a Path,
-    /// Initramfs contents, if any.
-    pub initramfs: Option<&'a [u8]>,
+    /// The initramfs, if any.
+    pub initramfs: Option<InitramfsSource<'a>>,
     /// Full command line.
     pub cmdline: &'a Cmdline,
     /// Guest memory size in bytes.
@@ -185,7 +209,7 @@ pub struct BootConfig<'a> {
 
 /// Loads the kernel, initramfs, command line, boot parameters, page tables,
 /// GDT and MP table into guest memory. Returns how the boot vCPU starts.
-pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<EntryMode> {
+pub fn load(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<EntryMode> {
     let path = cfg.kernel;
     let mut file = File::open(path).map_err(|e| Error::KernelMissing {
         path: path.to_path_buf(),
@@ -193,7 +217,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<EntryMode> {
     })?;
     let info = inspect(&mut file, path)?;
     let low_end = layout::low_ram_end(cfg.mem_size);
-    let initrd_len = cfg.initramfs.map_or(0, |i| i.len() as u64);
+    let initrd_len = cfg.initramfs.as_ref().map_or(0, InitramfsSource::len);
     let needed = info
         .end
         .saturating_add(initrd_len)
@@ -217,7 +241,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<EntryMode> {
 
     // Initramfs at the top of low RAM, page aligned, below the kernel's limit.
     let initrd = match cfg.initramfs {
-        Some(data) if !data.is_empty() => {
+        Some(source) if initrd_len > 0 => {
             let top = low_end.min(info.initrd_addr_max.saturating_add(1));
             let addr = top.saturating_sub(initrd_len) & !0xfff;
             if addr < info.end.max(result.kernel_end) {
@@ -226,8 +250,17 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<EntryMode> {
                     minimum_mib: needed.div_ceil(1 << 20),
                 });
             }
-            mem.write_slice(data, GuestAddress(addr))
-                .map_err(Error::GuestMemory)?;
+            match source {
+                InitramfsSource::Bytes(data) => mem
+                    .write_slice(data, GuestAddress(addr))
+                    .map_err(Error::GuestMemory)?,
+                InitramfsSource::File { mut file, path, .. } => mem
+                    .read_exact_volatile_from(GuestAddress(addr), &mut file, initrd_len as usize)
+                    .map_err(|e| Error::InitramfsMissing {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other(e),
+                    })?,
+            }
             Some((addr, initrd_len))
         }
         _ => None,

@@ -685,14 +685,19 @@ impl VmBuilder {
         let cmdline = self.full_cmdline()?;
         let initramfs = match &self.initramfs {
             None => None,
-            Some(Initramfs::Bytes(b)) => Some(std::borrow::Cow::Borrowed(b.as_slice())),
+            Some(Initramfs::Bytes(b)) => Some(boot::InitramfsSource::Bytes(b.as_slice())),
             Some(Initramfs::Path(p)) => {
-                Some(std::borrow::Cow::Owned(std::fs::read(p).map_err(|e| {
-                    Error::InitramfsMissing {
-                        path: p.clone(),
-                        source: e,
-                    }
-                })?))
+                let missing = |e| Error::InitramfsMissing {
+                    path: p.clone(),
+                    source: e,
+                };
+                let file = std::fs::File::open(p).map_err(missing)?;
+                let len = file.metadata().map_err(missing)?.len();
+                Some(boot::InitramfsSource::File {
+                    file,
+                    path: p.as_path(),
+                    len,
+                })
             }
         };
 
@@ -833,9 +838,9 @@ impl VmBuilder {
         let entry = if let Some(kernel) = &kernel {
             let mode = boot::load(
                 &memory,
-                &boot::BootConfig {
+                boot::BootConfig {
                     kernel,
-                    initramfs: initramfs.as_deref(),
+                    initramfs,
                     cmdline: &cmdline,
                     mem_size,
                     vcpus: self.vcpus,
