@@ -8,8 +8,10 @@
 //!   the emulated KVM host.
 //! - `whole-vm`: only the whole-VM tests.
 //! - `fuzz [SECONDS]`: builds the fuzz targets and runs each briefly.
+//! - `bench [NAME...]`: the criterion benchmarks, where a guest can boot.
 
 mod assets;
+mod bench;
 mod ci;
 mod deps;
 mod fuzz;
@@ -32,7 +34,10 @@ commands:
   whole-vm [TARGET...]
                     run only the whole-VM tests (only the named
                     whole_vm_* test targets, when given)
-  fuzz [SECONDS]    build all fuzz targets and run each for SECONDS (20)";
+  fuzz [SECONDS]    build all fuzz targets and run each for SECONDS (20)
+  bench [NAME...]   run the criterion benchmarks (or the named ones) where
+                    a guest can boot, inside the emulated KVM host when
+                    this machine has no hardware KVM";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +50,7 @@ fn main() {
         Some("whole-vm") => ci::whole_vm_cmd(rest),
         Some("run") => run::cmd(rest),
         Some("fuzz") => fuzz::cmd(rest),
+        Some("bench") => bench::cmd(rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

@@ -5,7 +5,7 @@
 
 use crate::kernel::BuiltKernel;
 use crate::util::{cargo, fail, IoContext, Result};
-use hypercontainer_testhost::{Job, Mode, Report, TestHost};
+use hypercontainer_testhost::{Job, Mode, Report, TestHost, TestHostBuilder};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -130,12 +130,28 @@ fn tool(name: &str) -> Option<PathBuf> {
 
 /// Runs the given test binaries' ignored tests through the test host.
 pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
-    let mut builder = TestHost::builder()
-        .mode(mode)
-        .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
-        .env("RUST_BACKTRACE", "1")
-        .timeout(Duration::from_secs(40 * 60))
-        .echo(Some("  vm| "));
+    let mut builder = with_test_tools(
+        TestHost::builder()
+            .mode(mode)
+            .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
+            .env("RUST_BACKTRACE", "1")
+            .timeout(Duration::from_secs(40 * 60))
+            .echo(Some("  vm| ")),
+    )?;
+    for b in binaries {
+        builder = builder.job(Job::new(&b.name, &b.executable).args([
+            "--ignored",
+            "--test-threads=1",
+            "--show-output",
+        ]));
+    }
+    Ok(builder.build()?.run()?)
+}
+
+/// Adds what whole-VM tests and benchmarks use besides the guest kernel:
+/// the host tools ([`TOOLS`]) and the guest helpers ([`GUEST_HELPERS`],
+/// each named by its environment variable).
+pub fn with_test_tools(mut builder: TestHostBuilder) -> Result<TestHostBuilder> {
     for name in TOOLS {
         match tool(name) {
             Some(p) => builder = builder.executable(p),
@@ -151,14 +167,7 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
             hypercontainer_testhost::inside_path(&bin)?.to_string_lossy(),
         );
     }
-    for b in binaries {
-        builder = builder.job(Job::new(&b.name, &b.executable).args([
-            "--ignored",
-            "--test-threads=1",
-            "--show-output",
-        ]));
-    }
-    Ok(builder.build()?.run()?)
+    Ok(builder)
 }
 
 #[cfg(test)]

@@ -671,6 +671,10 @@ mod tests {
         list.push(DeviceSpec::Vsock(3));
         list.push(DeviceSpec::Rng);
         list.push(DeviceSpec::Console(Box::new(std::io::sink())));
+        let (frames, _peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        list.push(DeviceSpec::Net(
+            NetConfig::backend(Box::new(frames)).mac([2, 0, 0, 0, 0, 1]),
+        ));
         let (wired, devices) = list.realize(&memory(), slot, no_failure()).unwrap();
         let kinds: Vec<_> = devices.info().iter().map(|i| i.kind).collect();
         assert_eq!(
@@ -679,7 +683,8 @@ mod tests {
                 DeviceKind::Block,
                 DeviceKind::Vsock,
                 DeviceKind::Rng,
-                DeviceKind::Console
+                DeviceKind::Console,
+                DeviceKind::Net
             ]
         );
         for (i, info) in devices.info().iter().enumerate() {
@@ -687,17 +692,25 @@ mod tests {
         }
         // Magic, version 2, device IDs in slot order.
         let ids: Vec<u32> = wired.iter().map(|d| read32(d, 0x8)).collect();
-        assert_eq!(ids, [2, 19, 4, 3]);
+        assert_eq!(ids, [2, 19, 4, 3, 1]);
+        // The MAC reaches the net device's config space.
+        let mut mac = [0u8; 6];
+        wired[4].device.lock().unwrap().read(0x100, &mut mac);
+        assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
         for d in &wired {
             assert_eq!(read32(d, 0), u32::from_le_bytes(*b"virt"));
             assert_eq!(read32(d, 4), 2);
         }
-        // One notify eventfd per queue: block 1, vsock 3, rng 1, console 2.
+        // One notify eventfd per queue: block 1, vsock 3, rng 1, console 2,
+        // net 2.
         let queues: Vec<Vec<u32>> = wired
             .iter()
             .map(|d| d.queue_notify.iter().map(|(q, _)| *q).collect())
             .collect();
-        assert_eq!(queues, [vec![0], vec![0, 1, 2], vec![0], vec![0, 1]]);
+        assert_eq!(
+            queues,
+            [vec![0], vec![0, 1, 2], vec![0], vec![0, 1], vec![0, 1]]
+        );
         assert!(devices.vsock().is_some());
         assert!(devices.console_input().is_some());
     }

@@ -1,0 +1,411 @@
+//! Device benchmarks, measured by the guest (needs hardware KVM, e.g. inside
+//! the emulated test host: `cargo xtask bench devices`).
+//!
+//! - `block/{vmm,qemu}/seq_read`: `dd` of 128 MiB from `/dev/vda` to
+//!   `/dev/null`, 1 MiB blocks, `O_DIRECT`, timed by busybox `time` in the
+//!   guest (10 ms resolution).
+//! - `block/{vmm,qemu}/seq_write`: `dd` of 128 MiB of zeros to `/dev/vda`,
+//!   1 MiB blocks, `O_DIRECT`, then `fsync`.
+//! - `vsock/vmm/echo_16m`: the host connects to a guest echo server and
+//!   sends 16 MiB while reading the echo back (each byte crosses the device
+//!   twice). QEMU offers vsock only through the host's `vhost_vsock`
+//!   module, so there is no peer here.
+//!
+//! Both VMMs boot the same kernel and initramfs with the same command line
+//! (apart from the reboot method) and the same raw image; QEMU runs its
+//! `microvm` machine with `-device virtio-blk-device` (default cache mode,
+//! i.e. the host page cache, as this VMM uses). Each criterion sample is
+//! one boot whose `/init` runs the workload as many times as criterion
+//! asks (`hcn=` on the command line); only the workload is timed (by the
+//! guest's `dd`, or by the host around the vsock echo). At the end the
+//! medians per iteration, the throughputs and the ratios are printed.
+//!
+//! Inputs: `HYPERCONTAINER_KERNEL` (default: the cached kernel),
+//! `HYPERCONTAINER_BUSYBOX` (default `/bin/busybox`, must be static),
+//! `HYPERCONTAINER_QEMU` (the peer; skipped without it),
+//! `HYPERCONTAINER_VSOCK_ECHO` (the static guest helper of the whole-VM
+//! tests; the vsock bench is skipped without it).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
+use hypercontainer::host::{detect_kvm, KvmKind};
+use hypercontainer::initramfs::{CpioWriter, Metadata};
+use hypercontainer::vmm::{BlockConfig, VmBuilder};
+
+const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+const MEMORY_MIB: u64 = 256;
+const DISK_MIB: u64 = 128;
+const BLOCK_MIB: u64 = 128;
+const VSOCK_BYTES: u64 = 16 << 20;
+const GUEST_PORT: u32 = 5000;
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+static SAMPLES: Mutex<Vec<(&'static str, Duration)>> = Mutex::new(Vec::new());
+
+fn record(name: &'static str, d: Duration) {
+    SAMPLES.lock().unwrap().push((name, d));
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Read,
+    Write,
+    Vsock,
+}
+
+impl Work {
+    fn arg(self) -> &'static str {
+        match self {
+            Work::Read => "read",
+            Work::Write => "write",
+            Work::Vsock => "vsock",
+        }
+    }
+}
+
+struct Inputs {
+    kernel: PathBuf,
+    initramfs: Vec<u8>,
+    initramfs_path: PathBuf,
+    disk: PathBuf,
+    qemu: Option<PathBuf>,
+    vsock: bool,
+}
+
+const INIT: &str = r#"#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+i=0
+while [ "$i" -lt "${hcn:-1}" ]; do
+  case "$hcwork" in
+  read) time dd if=/dev/vda of=/dev/null bs=1M count=BLOCK_MIB iflag=direct 2>&1 ;;
+  write) time dd if=/dev/zero of=/dev/vda bs=1M count=BLOCK_MIB oflag=direct conv=fsync 2>&1 ;;
+  vsock) vsock-echo serve GUEST_PORT >/dev/null ;;
+  esac
+  i=$((i+1))
+done
+echo HCBENCH-DONE
+reboot -f
+"#;
+
+fn inputs() -> Inputs {
+    let kernel = std::env::var_os("HYPERCONTAINER_KERNEL")
+        .map(PathBuf::from)
+        .map_or_else(hypercontainer::kernel::default_kernel, Ok)
+        .expect("a guest kernel (HYPERCONTAINER_KERNEL or `cargo xtask kernel`)");
+    let busybox = std::env::var_os("HYPERCONTAINER_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+    let echo = std::env::var_os("HYPERCONTAINER_VSOCK_ECHO").map(PathBuf::from);
+    let init = INIT
+        .replace("BLOCK_MIB", &BLOCK_MIB.to_string())
+        .replace("GUEST_PORT", &GUEST_PORT.to_string());
+    let mut cpio = CpioWriter::new(Vec::new());
+    cpio.char_device("/dev/console", Metadata::new(0o600), 5, 1)
+        .unwrap()
+        .dir("/proc", Metadata::new(0o755))
+        .unwrap()
+        .file_from_path("/bin/busybox", Metadata::new(0o755), &busybox)
+        .unwrap()
+        .symlink("/bin/sh", "busybox", Metadata::new(0o777))
+        .unwrap()
+        .file("/init", Metadata::new(0o755), init.as_bytes())
+        .unwrap();
+    if let Some(echo) = &echo {
+        cpio.file_from_path("/bin/vsock-echo", Metadata::new(0o755), echo)
+            .unwrap();
+    }
+    let initramfs = cpio.finish().unwrap();
+    let tmp = std::env::temp_dir();
+    let initramfs_path = tmp.join(format!("hc-dev-bench-{}.cpio", std::process::id()));
+    std::fs::write(&initramfs_path, &initramfs).unwrap();
+    // A disk of non-zero data, so that reads are not served from holes.
+    let disk = tmp.join(format!("hc-dev-bench-{}.img", std::process::id()));
+    let mut f = std::fs::File::create(&disk).unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    for _ in 0..DISK_MIB {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    Inputs {
+        kernel,
+        initramfs,
+        initramfs_path,
+        disk,
+        qemu: std::env::var_os("HYPERCONTAINER_QEMU").map(PathBuf::from),
+        vsock: echo.is_some(),
+    }
+}
+
+fn cmdline(work: Work, n: u64) -> String {
+    format!("{CMDLINE} hcn={n} hcwork={}", work.arg())
+}
+
+/// The times busybox `time` reported on the guest's console
+/// (`real\t1m 2.34s`, 10 ms resolution).
+fn guest_times(console: &str) -> Vec<Duration> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            if w.next()? != "real" {
+                return None;
+            }
+            let min: f64 = w.next()?.strip_suffix('m')?.parse().ok()?;
+            let sec: f64 = w.next()?.strip_suffix('s')?.parse().ok()?;
+            Some(Duration::from_secs_f64(min * 60.0 + sec))
+        })
+        .collect()
+}
+
+/// Echoes `VSOCK_BYTES` through the guest's echo server; returns the time
+/// from the first byte sent to the last byte of echo received.
+fn vsock_echo_once(host: &hypercontainer::vmm::devices::VsockHost) -> Duration {
+    let deadline = Instant::now() + TIMEOUT;
+    let stream = loop {
+        match host.connect(GUEST_PORT, Duration::from_secs(10)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to the guest: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let mut writer = stream.try_clone().unwrap();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let buf = vec![0x5au8; 64 << 10];
+        let mut sent = 0u64;
+        while sent < VSOCK_BYTES {
+            let n = (VSOCK_BYTES - sent).min(buf.len() as u64) as usize;
+            writer.write_all(&buf[..n]).unwrap();
+            sent += n as u64;
+        }
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut reader = stream;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut received = 0u64;
+    while received < VSOCK_BYTES {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "echo ended after {received} bytes");
+        received += n as u64;
+    }
+    let d = start.elapsed();
+    sender.join().unwrap();
+    d
+}
+
+/// Boots this VMM running `n` iterations of `work`; returns their times.
+fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
+    let (tx, rx) = mpsc::channel();
+    let mut b = VmBuilder::new()
+        .kernel(&i.kernel)
+        .initramfs_bytes(i.initramfs.clone())
+        .memory_mib(MEMORY_MIB)
+        .cmdline(format!("{} reboot=k", cmdline(work, n)))
+        .console_channel(tx)
+        .block(BlockConfig::new(&i.disk));
+    if work == Work::Vsock {
+        b = b.vsock(3);
+    }
+    let mut vm = b.build().expect("build");
+    let mut times = Vec::new();
+    if work == Work::Vsock {
+        let host = vm.vsock().unwrap().clone();
+        for _ in 0..n {
+            times.push(vsock_echo_once(&host));
+        }
+    }
+    let outcome = vm.wait_timeout(TIMEOUT);
+    let console =
+        String::from_utf8_lossy(&rx.try_iter().flatten().collect::<Vec<u8>>()).into_owned();
+    assert!(
+        matches!(outcome, Some(Ok(_))) && console.contains("HCBENCH-DONE"),
+        "the guest did not end cleanly: {outcome:?}; console:\n{console}"
+    );
+    if work != Work::Vsock {
+        times = guest_times(&console);
+    }
+    assert_eq!(times.len() as u64, n, "console:\n{console}");
+    times
+}
+
+/// Boots QEMU microvm running `n` iterations of `work`; returns their times.
+fn qemu_run(i: &Inputs, qemu: &Path, work: Work, n: u64) -> Vec<Duration> {
+    let out = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=on,rtc=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+            "-m",
+            &MEMORY_MIB.to_string(),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-device",
+            "virtio-blk-device,drive=d0",
+            "-drive",
+        ])
+        .arg(format!(
+            "id=d0,if=none,format=raw,file={}",
+            i.disk.display()
+        ))
+        .arg("-kernel")
+        .arg(&i.kernel)
+        .arg("-initrd")
+        .arg(&i.initramfs_path)
+        .arg("-append")
+        .arg(format!("{} reboot=t", cmdline(work, n)))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run QEMU");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        console.contains("HCBENCH-DONE"),
+        "QEMU's guest did not finish ({}); console:\n{console}",
+        out.status
+    );
+    let times = guest_times(&console);
+    assert_eq!(times.len() as u64, n, "console:\n{console}");
+    times
+}
+
+fn measure(name: &'static str, times: Vec<Duration>) -> Duration {
+    for &t in &times {
+        record(name, t);
+    }
+    times.into_iter().sum()
+}
+
+fn benches(c: &mut Criterion) {
+    if detect_kvm() != KvmKind::Hardware {
+        eprintln!(
+            "this host's KVM cannot boot Linux: nothing to measure (run `cargo xtask bench devices`)"
+        );
+        return;
+    }
+    let i = inputs();
+    // One unmeasured boot: the first run in a fresh host is not representative.
+    let _ = vmm_run(&i, Work::Read, 1);
+
+    let mut g = c.benchmark_group("block");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Bytes(BLOCK_MIB << 20));
+    for (work, label) in [(Work::Read, "seq_read"), (Work::Write, "seq_write")] {
+        let ours: &'static str = if work == Work::Read {
+            "vmm/seq_read"
+        } else {
+            "vmm/seq_write"
+        };
+        g.bench_function(label_for("vmm", label), |b| {
+            b.iter_custom(|n| measure(ours, vmm_run(&i, work, n)))
+        });
+        if let Some(qemu) = &i.qemu {
+            let peer: &'static str = if work == Work::Read {
+                "qemu/seq_read"
+            } else {
+                "qemu/seq_write"
+            };
+            g.bench_function(label_for("qemu", label), |b| {
+                b.iter_custom(|n| measure(peer, qemu_run(&i, qemu, work, n)))
+            });
+        }
+    }
+    g.finish();
+
+    if i.vsock {
+        let mut g = c.benchmark_group("vsock");
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_secs(10))
+            .throughput(Throughput::Bytes(VSOCK_BYTES));
+        g.bench_function("vmm/echo_16m", |b| {
+            b.iter_custom(|n| measure("vmm/vsock_echo_16m", vmm_run(&i, Work::Vsock, n)))
+        });
+        g.finish();
+    } else {
+        eprintln!("HYPERCONTAINER_VSOCK_ECHO is not set: no vsock benchmark");
+    }
+    let _ = std::fs::remove_file(&i.initramfs_path);
+    let _ = std::fs::remove_file(&i.disk);
+}
+
+fn label_for(vmm: &str, work: &str) -> String {
+    format!("{vmm}/{work}")
+}
+
+fn median(name: &str) -> Option<(Duration, usize)> {
+    let mut v: Vec<Duration> = SAMPLES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, d)| *d)
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some((v[v.len() / 2], v.len()))
+}
+
+fn summary() {
+    let mib_s = |mib: u64, d: Duration| mib as f64 / d.as_secs_f64();
+    for (name, mib) in [
+        ("vmm/seq_read", BLOCK_MIB),
+        ("qemu/seq_read", BLOCK_MIB),
+        ("vmm/seq_write", BLOCK_MIB),
+        ("qemu/seq_write", BLOCK_MIB),
+        ("vmm/vsock_echo_16m", VSOCK_BYTES >> 20),
+    ] {
+        if let Some((m, count)) = median(name) {
+            println!(
+                "summary: {name}: median {m:.3?} over {count} runs = {:.1} MiB/s",
+                mib_s(mib, m)
+            );
+        }
+    }
+    for work in ["seq_read", "seq_write"] {
+        if let (Some((ours, _)), Some((qemu, _))) = (
+            median(&format!("vmm/{work}")),
+            median(&format!("qemu/{work}")),
+        ) {
+            println!(
+                "summary: {work} throughput ratio vmm/qemu = {:.2}",
+                qemu.as_secs_f64() / ours.as_secs_f64()
+            );
+        }
+    }
+}
+
+criterion_group!(devices, benches);
+
+fn main() {
+    devices();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}

@@ -1,0 +1,92 @@
+//! `cargo xtask bench [NAME...]`: runs the criterion benchmarks of the
+//! `hypercontainer-benches` package (all, or the named `[[bench]]` targets)
+//! where a guest can boot: directly on hardware KVM, inside the emulated KVM
+//! host elsewhere, with the same inputs as the whole-VM tests (guest kernel,
+//! busybox, QEMU, guest helpers). Their output, summaries included, is
+//! streamed.
+
+use crate::util::{cargo, fail, IoContext, Result};
+use hypercontainer_testhost::{Job, Mode, TestHost};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+const PACKAGE: &str = "hypercontainer-benches";
+
+/// Builds the bench executables (release profile); returns (name, path).
+fn build(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--package", PACKAGE, "--no-run"]);
+    for n in names {
+        cmd.args(["--bench", n]);
+    }
+    let mut child = cmd
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .ctx(|| "starting cargo bench --no-run".into())?;
+    let mut out = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(|l| l.ok())
+    {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let is_bench = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bench"));
+        if v["reason"] == "compiler-artifact" && is_bench {
+            if let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+            {
+                out.push((name.to_string(), PathBuf::from(exe)));
+            }
+        }
+    }
+    let status = child.wait().ctx(|| "waiting for cargo bench".into())?;
+    if !status.success() {
+        return fail(format!("building the benchmarks failed: {status}"));
+    }
+    if out.is_empty() {
+        return fail("no benchmark was built");
+    }
+    Ok(out)
+}
+
+/// `cargo xtask bench`.
+pub fn cmd(names: &[String]) -> Result<()> {
+    crate::deps::ensure_apt()?;
+    let kernel = crate::kernel::ensure()?;
+    let mode = if hypercontainer::host::detect_kvm() == hypercontainer::host::KvmKind::Hardware {
+        Mode::Direct
+    } else {
+        Mode::Emulated(crate::assets::ensure()?)
+    };
+    let benches = build(names)?;
+    let mut builder = crate::wholevm::with_test_tools(
+        TestHost::builder()
+            .mode(mode)
+            .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
+            .timeout(Duration::from_secs(90 * 60))
+            .echo(Some("")),
+    )?;
+    for (name, exe) in &benches {
+        builder = builder.job(Job::new(name, exe).arg("--bench"));
+    }
+    let report = builder.build()?.run()?;
+    if let Some(b) = report.host_boot {
+        eprintln!("(emulated KVM host booted in {:.1}s)", b.as_secs_f64());
+    }
+    let failed: Vec<&str> = report
+        .jobs
+        .iter()
+        .filter(|j| !j.success())
+        .map(|j| j.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return fail(format!("benchmarks failed: {}", failed.join(", ")));
+    }
+    Ok(())
+}
