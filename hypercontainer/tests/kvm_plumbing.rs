@@ -220,10 +220,17 @@ fn pause_resume_and_stop_a_spinning_guest() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    // A guest that never exits to the VMM is still stopped promptly.
+    // A guest that never exits to the VMM is still stopped promptly, here
+    // from another thread while this one waits.
+    let handle = vm.handle();
     let t = Instant::now();
-    vm.stop();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        handle.stop();
+        handle
+    });
     assert_eq!(wait(&mut vm).unwrap(), ExitReason::Stopped);
+    assert!(stopper.join().unwrap().is_finished());
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(matches!(vm.wait(), Err(Error::AlreadyCollected)));
 }

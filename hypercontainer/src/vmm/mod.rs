@@ -1115,6 +1115,12 @@ impl Vm {
         self.control.finish(Ok(ExitReason::Stopped));
     }
 
+    /// A handle that can stop, pause and resume this VM from another thread
+    /// (for example while one thread is blocked in [`wait`](Self::wait)).
+    pub fn handle(&self) -> VmHandle {
+        VmHandle(self.control.clone())
+    }
+
     /// Pauses every vCPU; returns once they are all out of the guest.
     pub fn pause(&self) {
         self.control.pause();
@@ -1191,6 +1197,41 @@ impl Vm {
                     .map(|p| (p as usize, r.len() as usize))
             })
             .collect()
+    }
+}
+
+/// Controls a [`Vm`] from anywhere; cheap to clone. Once the VM is gone
+/// its calls do nothing.
+#[derive(Clone)]
+pub struct VmHandle(Arc<vcpu::Control>);
+
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle")
+            .field("done", &self.0.is_done())
+            .finish()
+    }
+}
+
+impl VmHandle {
+    /// Asks the VM to stop (see [`Vm::stop`]).
+    pub fn stop(&self) {
+        self.0.finish(Ok(ExitReason::Stopped));
+    }
+
+    /// Pauses every vCPU (see [`Vm::pause`]).
+    pub fn pause(&self) {
+        self.0.pause();
+    }
+
+    /// Resumes paused vCPUs.
+    pub fn resume(&self) {
+        self.0.resume();
+    }
+
+    /// Whether the VM ended.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_done()
     }
 }
 
@@ -1272,6 +1313,15 @@ mod tests {
                  virtio_mmio.device=4K@0xd0001000:6"
             )
         );
+    }
+
+    #[test]
+    fn vm_and_builder_can_move_across_threads() {
+        fn send<T: Send>() {}
+        send::<Vm>();
+        send::<VmBuilder>();
+        fn sync<T: Send + Sync>() {}
+        sync::<VmHandle>();
     }
 
     #[test]
