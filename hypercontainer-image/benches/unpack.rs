@@ -118,6 +118,53 @@ fn timed(name: &'static str, iters: u64, mut f: impl FnMut(&Path)) -> Duration {
     total
 }
 
+/// Alternates the contenders round by round, so that load from elsewhere on
+/// the machine hits them alike; prints the median ratios.
+fn interleaved(fx: &Fixture, rounds: usize) {
+    let src = ImageSource::OciLayout {
+        path: fx.layout.clone(),
+    };
+    let image_ref = format!("{}:bench", fx.layout.display());
+    let mut ours = Vec::new();
+    let mut umoci = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..rounds {
+        ours.push(timed("interleaved hypercontainer", 1, |scratch| {
+            let img = src
+                .open(Some("bench"), &Platform::default(), &Limits::default())
+                .unwrap();
+            img.unpack_rootfs(
+                &scratch.join("rootfs"),
+                &UnpackOptions::new(WhiteoutMode::Apply),
+            )
+            .unwrap();
+        }));
+        umoci.push(timed("interleaved umoci unpack", 1, |scratch| {
+            run(Command::new("umoci")
+                .args(["unpack", "--image", &image_ref])
+                .arg(scratch.join("bundle")));
+        }));
+        raw.push(timed("interleaved umoci raw unpack", 1, |scratch| {
+            run(Command::new("umoci")
+                .args(["raw", "unpack", "--image", &image_ref])
+                .arg(scratch.join("rootfs")));
+        }));
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let (o, u, r) = (med(&mut ours), med(&mut umoci), med(&mut raw));
+    eprintln!(
+        "interleaved, {rounds} rounds, medians: hypercontainer {:.1} ms, umoci unpack {:.1} ms ({:.2}x), umoci raw unpack {:.1} ms ({:.2}x)",
+        o * 1e3,
+        u * 1e3,
+        u / o,
+        r * 1e3,
+        r / o
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let fx = fixture();
     eprintln!(
@@ -174,6 +221,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    interleaved(&fx, 9);
 }
 
 fn median(name: &str) -> Option<Duration> {
