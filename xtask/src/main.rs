@@ -2,6 +2,7 @@
 //!
 //! - `deps`: installs the missing system packages.
 //! - `kernel`: builds the guest kernel into the cache (cached by key).
+//! - `agent`: builds the static in-VM agent and installs it into the cache.
 //! - `testhost-assets`: fetches the emulated KVM host's kernel and modules.
 //! - `test`: the whole test suite (what CI runs).
 //! - `run [-- <example> [args]]`: the main job, on hardware KVM or inside
@@ -10,6 +11,7 @@
 //! - `fuzz [SECONDS]`: builds the fuzz targets and runs each briefly.
 //! - `bench [NAME...]`: the criterion benchmarks, where a guest can boot.
 
+mod agent;
 mod assets;
 mod bench;
 mod ci;
@@ -25,6 +27,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   deps              install missing system packages (apt)
   kernel            build the guest kernel into the cache
+  agent             build the static guest agent and install it into the cache
   testhost-assets   fetch the emulated KVM host's kernel and kvm modules
   test              run every check and test (what CI runs)
   run [-- EXAMPLE [ARGS]]
@@ -45,6 +48,7 @@ fn main() {
     let res = match args.first().map(String::as_str) {
         Some("deps") => deps::cmd(),
         Some("kernel") => kernel::cmd(),
+        Some("agent") => agent::cmd(),
         Some("testhost-assets") => assets::cmd(),
         Some("test") => ci::cmd(),
         Some("whole-vm") => ci::whole_vm_cmd(rest),
