@@ -130,6 +130,36 @@ impl Agent {
         r
     }
 
+    /// Ends the connection gracefully before the VM powers off: no more
+    /// output (`SHUT_WR`), then waits up to `timeout` for the host to close
+    /// its side. A vsock transport sends asynchronously (from a kernel
+    /// worker), so without this wait the last frames, the main process's
+    /// exit among them, can be lost with the VM.
+    pub fn linger(&mut self, timeout: std::time::Duration) {
+        let fd = self.conn.as_raw_fd();
+        // SAFETY: fd is the open connection; shutdown takes no pointers.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [pollfd(fd, libc::POLLIN)];
+            let ms = left.as_millis().clamp(1, 60_000) as libc::c_int;
+            match sys::poll(&mut fds, ms) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => match sys::read(fd, &mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => {}
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
     /// Sends the agent's hello and its start timestamp.
     pub fn greet(&mut self, agent_start_ns: u64) {
         self.send(&Message::Hello(Hello::new(concat!(

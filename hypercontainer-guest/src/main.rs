@@ -226,6 +226,9 @@ fn main() {
     if let Err(e) = agent.flush_all() {
         eprintln!("hypercontainer-agent: flushing the connection: {e}");
     }
+    if mode == Mode::Vm {
+        agent.linger(std::time::Duration::from_secs(3));
+    }
     match mode {
         Mode::Vm => power_off(),
         Mode::Host => std::process::exit(code),

@@ -523,6 +523,9 @@ fn reader_main(mut r: FrameReader, shared: Arc<Shared>) {
             Err(e) => break error_chain(&e),
         }
     };
+    // Closing our side too tells an agent waiting to power off that
+    // everything it sent has arrived.
+    let _ = r.conn.shutdown(std::net::Shutdown::Both);
     let mut g = shared.lock();
     g.ended.get_or_insert(why);
     drop(g);

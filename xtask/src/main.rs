@@ -31,9 +31,10 @@ commands:
   testhost-assets   fetch the emulated KVM host's kernel and kvm modules
   test              run every check and test (what CI runs)
   run [-- EXAMPLE [ARGS]]
-                    run the main job (default: boot the guest kernel under
-                    QEMU microvm), inside the emulated KVM host when this
-                    machine has no hardware KVM
+                    run an example (default: the run example on the
+                    busybox test image; guest-boot-demo: the guest kernel
+                    with a busybox init under QEMU microvm), inside the
+                    emulated KVM host when this machine has no hardware KVM
   whole-vm [TARGET...]
                     run only the whole-VM tests (only the named
                     whole_vm_* test targets, when given)
