@@ -183,6 +183,12 @@ pub fn cmd() -> Result<()> {
     } else {
         t.skip("kernel", "deps failed");
     }
+    if deps_ok {
+        // The host-tier agent tests and the whole-VM sandbox tests need it.
+        t.record("agent", || crate::agent::ensure().map(drop));
+    } else {
+        t.skip("agent", "deps failed");
+    }
     let mut mode = None;
     if deps_ok {
         t.record("testhost-assets", || {

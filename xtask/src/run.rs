@@ -2,7 +2,9 @@
 //!
 //! Builds an example of the workspace and runs it where a guest can boot:
 //! directly on hardware KVM, inside the emulated KVM host elsewhere, with
-//! its output streamed. Without an example it runs [`default_payload`].
+//! its output streamed. Without an example it runs [`default_payload`] (the
+//! `run` example on the busybox test image); `guest-boot-demo` boots the
+//! guest kernel with a busybox init under QEMU microvm instead.
 
 use crate::kernel::BuiltKernel;
 use crate::util::{cargo, fail, IoContext, Result};
@@ -27,11 +29,56 @@ pub enum Payload {
     },
 }
 
-/// The payload of a bare `cargo xtask run`. When the SDK's own `run`
-/// example exists, return `Payload::Example { name: "run".into(), args }`
-/// here.
-pub fn default_payload() -> Payload {
-    Payload::GuestBootDemo
+/// The name that selects [`Payload::GuestBootDemo`]:
+/// `cargo xtask run -- guest-boot-demo`.
+pub const DEMO: &str = "guest-boot-demo";
+
+/// The payload of a bare `cargo xtask run`: the SDK's `run` example on the
+/// busybox test image.
+pub fn default_payload() -> Result<Payload> {
+    let image = crate::agent::test_image()?;
+    Ok(Payload::Example {
+        name: "run".into(),
+        args: vec![
+            "--timings".into(),
+            format!(
+                "oci-archive:{}:{}",
+                image.display(),
+                crate::agent::TEST_IMAGE_TAG
+            ),
+            "sh".into(),
+            "-c".into(),
+            "echo \"Hello from a HyperContainer sandbox: $(uname -sr), $(id -un) in $(pwd)\""
+                .into(),
+        ],
+    })
+}
+
+/// Image archives named in an example's arguments
+/// (`oci-archive:PATH[:TAG]`, `docker-archive:PATH[:REF]`), to pack into
+/// the test host.
+fn archives_in(args: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for a in args {
+        let Some(rest) = a
+            .strip_prefix("oci-archive:")
+            .or_else(|| a.strip_prefix("docker-archive:"))
+        else {
+            continue;
+        };
+        let mut candidate = rest;
+        loop {
+            if Path::new(candidate).is_file() {
+                out.push(PathBuf::from(candidate));
+                break;
+            }
+            match candidate.rsplit_once(':') {
+                Some((p, _)) => candidate = p,
+                None => break,
+            }
+        }
+    }
+    out
 }
 
 fn build_example(name: &str) -> Result<PathBuf> {
@@ -100,11 +147,12 @@ fn demo_initramfs(path: &Path) -> Result<()> {
 pub fn cmd(args: &[String]) -> Result<()> {
     let args: Vec<String> = args.iter().skip_while(|a| *a == "--").cloned().collect();
     let payload = match args.split_first() {
+        Some((name, _)) if name == DEMO => Payload::GuestBootDemo,
         Some((name, rest)) => Payload::Example {
             name: name.clone(),
             args: rest.to_vec(),
         },
-        None => default_payload(),
+        None => default_payload()?,
     };
     crate::deps::ensure_apt()?;
     let kernel: BuiltKernel = crate::kernel::ensure()?;
@@ -150,6 +198,10 @@ pub fn cmd(args: &[String]) -> Result<()> {
         }
         Payload::Example { name, args } => {
             let exe = build_example(&name)?;
+            builder = crate::agent::with_sandbox_assets(builder)?;
+            for a in archives_in(&args) {
+                builder = builder.include(a);
+            }
             Job::new(name, exe).args(args)
         }
     };

@@ -149,9 +149,12 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
 }
 
 /// Adds what whole-VM tests and benchmarks use besides the guest kernel:
-/// the host tools ([`TOOLS`]) and the guest helpers ([`GUEST_HELPERS`],
-/// each named by its environment variable).
+/// the agent and test image of the sandbox tests
+/// ([`crate::agent::with_sandbox_assets`]), the host tools ([`TOOLS`]) and
+/// the guest helpers ([`GUEST_HELPERS`], each named by its environment
+/// variable).
 pub fn with_test_tools(mut builder: TestHostBuilder) -> Result<TestHostBuilder> {
+    builder = crate::agent::with_sandbox_assets(builder)?;
     for name in TOOLS {
         match tool(name) {
             Some(p) => builder = builder.executable(p),

@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use hypercontainer_image::{ErofsBuilder, ImageStore, ProcessOverrides, SourceError, StoreError};
+use hypercontainer_image::{ErofsBuilder, ProcessOverrides, SourceError, StoreError};
 use hypercontainer_protocol::{
     BootStage, ErrorKind, Process as ProtoProcess, Rootfs, Start, Upper, WindowSize,
     AGENT_VSOCK_PORT,
@@ -63,6 +63,9 @@ use crate::kernel::{self, KernelError};
 use crate::vmm::{self, BlockConfig, ConsoleSink, Vm, VmBuilder};
 
 pub use crate::agent_client::Output;
+/// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
+/// and [`ImageRef::Source`].
+pub use hypercontainer_image::{Image, ImageSource, ImageStore};
 pub use image::{ImageRef, ParseImageRefError};
 
 /// Kernel command line of a sandbox VM (the VMM appends its devices).
@@ -485,7 +488,7 @@ impl SandboxBuilder {
         let vm = b.vsock(GUEST_CID).rng().build().map_err(vm_build_err)?;
         let vm_built = t0.elapsed();
         let vm = Arc::new(Mutex::new(vm));
-        let ended = Arc::new(Mutex::new(None));
+        let ended: Ended = Arc::default();
 
         let deadline = t0 + self.boot_timeout;
         let conn = accept_agent(&vm, &ended, deadline, self.boot_timeout)?;
@@ -700,15 +703,29 @@ struct VmEnd {
     console: Vec<String>,
 }
 
-type Ended = Arc<Mutex<Option<VmEnd>>>;
+/// What the sandbox knows about the VM's end.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The outcome, once collected.
+    end: Option<VmEnd>,
+    /// When the VM was first seen finished.
+    finished_at: Option<Instant>,
+}
+
+type Ended = Arc<Mutex<Watch>>;
+
+/// How long the connection may still deliver after the VM ended: the
+/// device loop may still hold the guest's last output (the process's exit
+/// among it), and reaping the VM stops that loop.
+const DRAIN: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Collects the VM's outcome if it ended.
-fn collect_end(vm: &Mutex<Vm>, ended: &Mutex<Option<VmEnd>>) -> Option<VmEnd> {
-    if let Some(e) = lock(ended).clone() {
+fn collect_end(vm: &Mutex<Vm>, ended: &Mutex<Watch>) -> Option<VmEnd> {
+    if let Some(e) = lock(ended).end.clone() {
         return Some(e);
     }
     let mut vm = lock(vm);
@@ -718,22 +735,39 @@ fn collect_end(vm: &Mutex<Vm>, ended: &Mutex<Option<VmEnd>>) -> Option<VmEnd> {
     let console = vm.console_tail();
     let reason = match vm.wait_timeout(Duration::ZERO) {
         Some(Ok(r)) => format!("the VM ended ({r:?})"),
+        // Its console lines are reported separately.
+        Some(Err(vmm::Error::GuestPanic { .. })) => "the guest kernel panicked".into(),
+        Some(Err(vmm::Error::GuestFault { vcpu, suberror, .. })) => {
+            format!("KVM internal error on vCPU {vcpu} (suberror {suberror})")
+        }
         Some(Err(e)) => error_chain(&e),
         None => "the VM ended".into(),
     };
     let end = VmEnd { reason, console };
-    *lock(ended) = Some(end.clone());
+    lock(ended).end = Some(end.clone());
     Some(end)
 }
 
+/// The reader's liveness hook: the VM's end, once it has been over for
+/// [`DRAIN`].
 fn vm_gone(vm: &Weak<Mutex<Vm>>, ended: &Ended) -> Option<String> {
     let vm = vm.upgrade()?;
+    if let Some(e) = &lock(ended).end {
+        return Some(e.reason.clone());
+    }
+    if !lock(&vm).is_finished() {
+        return None;
+    }
+    let since = *lock(ended).finished_at.get_or_insert_with(Instant::now);
+    if since.elapsed() < DRAIN {
+        return None;
+    }
     collect_end(&vm, ended).map(|e| e.reason)
 }
 
 fn boot_failure(
     vm: &Mutex<Vm>,
-    ended: &Mutex<Option<VmEnd>>,
+    ended: &Mutex<Watch>,
     stage: &'static str,
     e: agent_client::Error,
 ) -> Error {
@@ -761,7 +795,7 @@ fn boot_failure(
 /// Waits for the agent's vsock connection while watching the VM.
 fn accept_agent(
     vm: &Mutex<Vm>,
-    ended: &Mutex<Option<VmEnd>>,
+    ended: &Mutex<Watch>,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<std::os::unix::net::UnixStream> {
