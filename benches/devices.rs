@@ -2,8 +2,7 @@
 //! the emulated test host: `cargo xtask bench devices`).
 //!
 //! - `block/{vmm,qemu}/seq_read`: `dd` of 128 MiB from `/dev/vda` to
-//!   `/dev/null`, 1 MiB blocks, `O_DIRECT`, timed by busybox `time` in the
-//!   guest (10 ms resolution).
+//!   `/dev/null`, 1 MiB blocks, `O_DIRECT`.
 //! - `block/{vmm,qemu}/seq_write`: `dd` of 128 MiB of zeros to `/dev/vda`,
 //!   1 MiB blocks, `O_DIRECT`, then `fsync`.
 //! - `vsock/vmm/echo_16m`: the host connects to a guest echo server and
@@ -16,8 +15,10 @@
 //! `microvm` machine with `-device virtio-blk-device` (default cache mode,
 //! i.e. the host page cache, as this VMM uses). Each criterion sample is
 //! one boot whose `/init` runs the workload as many times as criterion
-//! asks (`hcn=` on the command line); only the workload is timed (by the
-//! guest's `dd`, or by the host around the vsock echo). At the end the
+//! asks (`hcn=` on the command line); only the workload is timed, on the
+//! host's clock: between the arrivals of the guest's console lines before
+//! and after each `dd` (the guests' own clocks are not trusted to agree
+//! under nested emulation), or around the vsock echo. At the end the
 //! medians per iteration, the throughputs and the ratios are printed.
 //!
 //! Inputs: `HYPERCONTAINER_KERNEL` (default: the cached kernel),
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use hypercontainer::host::{detect_kvm, KvmKind};
 use hypercontainer::initramfs::{CpioWriter, Metadata};
-use hypercontainer::vmm::{BlockConfig, VmBuilder};
+use hypercontainer::vmm::{BlockConfig, ConsoleSink, VmBuilder};
 
 const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 const MEMORY_MIB: u64 = 256;
@@ -86,8 +87,8 @@ mount -t devtmpfs dev /dev
 i=0
 while [ "$i" -lt "${hcn:-1}" ]; do
   case "$hcwork" in
-  read) time dd if=/dev/vda of=/dev/null bs=1M count=BLOCK_MIB iflag=direct 2>&1 ;;
-  write) time dd if=/dev/zero of=/dev/vda bs=1M count=BLOCK_MIB oflag=direct conv=fsync 2>&1 ;;
+  read) echo HCSTART; dd if=/dev/vda of=/dev/null bs=1M count=BLOCK_MIB iflag=direct; echo "HCEND $?" ;;
+  write) echo HCSTART; dd if=/dev/zero of=/dev/vda bs=1M count=BLOCK_MIB oflag=direct conv=fsync; echo "HCEND $?" ;;
   vsock) vsock-echo serve GUEST_PORT >/dev/null ;;
   esac
   i=$((i+1))
@@ -149,21 +150,73 @@ fn cmdline(work: Work, n: u64) -> String {
     format!("{CMDLINE} hcn={n} hcwork={}", work.arg())
 }
 
-/// The times busybox `time` reported on the guest's console
-/// (`real\t1m 2.34s`, 10 ms resolution).
-fn guest_times(console: &str) -> Vec<Duration> {
-    console
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            if w.next()? != "real" {
-                return None;
+/// Console lines with the host time each arrived at.
+type Lines = Vec<(String, Instant)>;
+
+/// Splits console output into timestamped lines.
+#[derive(Default)]
+struct LineClock {
+    partial: Vec<u8>,
+    lines: Lines,
+}
+
+impl LineClock {
+    fn feed(&mut self, bytes: &[u8]) {
+        let now = Instant::now();
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).trim().to_string();
+                self.lines.push((line, now));
+                self.partial.clear();
+            } else {
+                self.partial.push(b);
             }
-            let min: f64 = w.next()?.strip_suffix('m')?.parse().ok()?;
-            let sec: f64 = w.next()?.strip_suffix('s')?.parse().ok()?;
-            Some(Duration::from_secs_f64(min * 60.0 + sec))
-        })
-        .collect()
+        }
+    }
+}
+
+/// Feeds a [`LineClock`] and hands it over when the VM is dropped.
+struct ClockSink {
+    clock: LineClock,
+    done: mpsc::Sender<Lines>,
+}
+
+impl ConsoleSink for ClockSink {
+    fn write(&mut self, bytes: &[u8]) {
+        self.clock.feed(bytes);
+    }
+}
+
+impl Drop for ClockSink {
+    fn drop(&mut self) {
+        let _ = self.done.send(std::mem::take(&mut self.clock.lines));
+    }
+}
+
+/// Host time between each `HCSTART` line and the `HCEND <status>` line
+/// after it; panics when the workload failed.
+fn marker_times(lines: &Lines) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (line, at) in lines {
+        if line == "HCSTART" {
+            start = Some(*at);
+        } else if let Some(status) = line.strip_prefix("HCEND ") {
+            assert_eq!(status, "0", "the workload failed:\n{}", text(lines));
+            if let Some(s) = start.take() {
+                out.push(*at - s);
+            }
+        }
+    }
+    out
+}
+
+fn text(lines: &Lines) -> String {
+    lines
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Echoes `VSOCK_BYTES` through the guest's echo server; returns the time
@@ -215,7 +268,10 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
         .initramfs_bytes(i.initramfs.clone())
         .memory_mib(MEMORY_MIB)
         .cmdline(format!("{} reboot=k", cmdline(work, n)))
-        .console_channel(tx)
+        .console(ClockSink {
+            clock: LineClock::default(),
+            done: tx,
+        })
         .block(BlockConfig::new(&i.disk));
     if work == Work::Vsock {
         b = b.vsock(3);
@@ -229,14 +285,15 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
         }
     }
     let outcome = vm.wait_timeout(TIMEOUT);
-    let console =
-        String::from_utf8_lossy(&rx.try_iter().flatten().collect::<Vec<u8>>()).into_owned();
+    drop(vm);
+    let lines = rx.recv().expect("the console sink hands over its lines");
+    let console = text(&lines);
     assert!(
         matches!(outcome, Some(Ok(_))) && console.contains("HCBENCH-DONE"),
         "the guest did not end cleanly: {outcome:?}; console:\n{console}"
     );
     if work != Work::Vsock {
-        times = guest_times(&console);
+        times = marker_times(&lines);
     }
     assert_eq!(times.len() as u64, n, "console:\n{console}");
     times
@@ -244,10 +301,10 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
 
 /// Boots QEMU microvm running `n` iterations of `work`; returns their times.
 fn qemu_run(i: &Inputs, qemu: &Path, work: Work, n: u64) -> Vec<Duration> {
-    let out = Command::new(qemu)
+    let mut child = Command::new(qemu)
         .args([
             "-M",
-            "microvm,x-option-roms=off,isa-serial=on,rtc=off",
+            "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
             "-enable-kvm",
             "-cpu",
             "host",
@@ -276,16 +333,26 @@ fn qemu_run(i: &Inputs, qemu: &Path, work: Work, n: u64) -> Vec<Duration> {
         .arg("-append")
         .arg(format!("{} reboot=t", cmdline(work, n)))
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .expect("run QEMU");
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut out = child.stdout.take().unwrap();
+    let mut clock = LineClock::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => clock.feed(&buf[..n]),
+        }
+    }
+    let status = child.wait().expect("wait for QEMU");
+    let console = text(&clock.lines);
     assert!(
         console.contains("HCBENCH-DONE"),
-        "QEMU's guest did not finish ({}); console:\n{console}",
-        out.status
+        "QEMU's guest did not finish ({status}); console:\n{console}"
     );
-    let times = guest_times(&console);
+    let times = marker_times(&clock.lines);
     assert_eq!(times.len() as u64, n, "console:\n{console}");
     times
 }

@@ -1,8 +1,9 @@
-//! `cargo xtask bench [NAME...]`: runs the criterion benchmarks of the
+//! `cargo xtask bench [NAME...] [-- ARGS]`: runs the criterion benchmarks of the
 //! `hypercontainer-benches` package (all, or the named `[[bench]]` targets)
 //! where a guest can boot: directly on hardware KVM, inside the emulated KVM
 //! host elsewhere, with the same inputs as the whole-VM tests (guest kernel,
-//! busybox, QEMU, guest helpers). Their output, summaries included, is
+//! busybox, QEMU, guest helpers). `ARGS` go to each benchmark binary (a
+//! criterion filter, for instance). Their output, summaries included, is
 //! streamed.
 
 use crate::util::{cargo, fail, IoContext, Result};
@@ -56,7 +57,11 @@ fn build(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// `cargo xtask bench`.
-pub fn cmd(names: &[String]) -> Result<()> {
+pub fn cmd(args: &[String]) -> Result<()> {
+    let (names, bench_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
     crate::deps::ensure_apt()?;
     let kernel = crate::kernel::ensure()?;
     let mode = if hypercontainer::host::detect_kvm() == hypercontainer::host::KvmKind::Hardware {
@@ -73,7 +78,7 @@ pub fn cmd(names: &[String]) -> Result<()> {
             .echo(Some("")),
     )?;
     for (name, exe) in &benches {
-        builder = builder.job(Job::new(name, exe).arg("--bench"));
+        builder = builder.job(Job::new(name, exe).arg("--bench").args(bench_args));
     }
     let report = builder.build()?.run()?;
     if let Some(b) = report.host_boot {

@@ -39,9 +39,11 @@ commands:
                     run only the whole-VM tests (only the named
                     whole_vm_* test targets, when given)
   fuzz [SECONDS]    build all fuzz targets and run each for SECONDS (20)
-  bench [NAME...]   run the criterion benchmarks (or the named ones) where
+  bench [NAME...] [-- ARGS]
+                    run the criterion benchmarks (or the named ones) where
                     a guest can boot, inside the emulated KVM host when
-                    this machine has no hardware KVM";
+                    this machine has no hardware KVM; ARGS go to each
+                    benchmark (e.g. a criterion filter)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
