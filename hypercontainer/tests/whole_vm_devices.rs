@@ -11,6 +11,10 @@
 //!   `tests/guest/vsock_echo.c` (busybox has no vsock tool);
 //! - `mke2fs` and `debugfs` (e2fsprogs) on `PATH`, to make the guest's ext4
 //!   disks and to read them after the VM ended.
+//!
+//! The tests that are not ignored run raw code instead of a kernel: they
+//! need a `/dev/kvm` but no guest kernel, so they run on any KVM host (PVM
+//! included).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,9 +24,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hypercontainer::host::{detect_kvm, KvmKind};
 use hypercontainer::initramfs::{CpioWriter, Metadata};
 use hypercontainer::vmm::devices::DeviceKind;
-use hypercontainer::vmm::{BlockConfig, ExitReason, VmBuilder};
+use hypercontainer::vmm::{BlockConfig, BusDevice, Error, ExitReason, RawCode, RawMode, VmBuilder};
 
 /// Guest port the guest's echo server listens on.
 const GUEST_PORT: u32 = 5000;
@@ -401,4 +406,117 @@ reboot -f
         ECHO_BYTES >> 20,
         (ECHO_BYTES >> 20) as f64 / t.as_secs_f64()
     );
+}
+
+/// Records what the raw-code guest writes to its port.
+#[derive(Default)]
+struct Port(Vec<Vec<u8>>);
+
+impl BusDevice for Port {
+    fn read(&mut self, _: u64, _: &mut [u8]) {}
+    fn write(&mut self, _: u64, data: &[u8]) {
+        self.0.push(data.to_vec());
+    }
+}
+
+fn device_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == hypercontainer::vmm::devices::EVENT_LOOP_THREAD)
+        .count()
+}
+
+#[test]
+fn devices_are_wired_into_the_mmio_bus_in_slot_order() {
+    if detect_kvm() == KvmKind::Missing {
+        eprintln!("skipping: no /dev/kvm on this host");
+        return;
+    }
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    disk.as_file().set_len(1 << 20).unwrap();
+    // 32-bit flat code: read DeviceID of slots 0..3 and the magic of slot 0,
+    // write each to port 0x510, then reset through the i8042.
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0x10, 0x05,       // mov dx, 0x510
+        0xa1, 0x08, 0x00, 0x00, 0xd0, // mov eax, [0xd0000008]
+        0xef,                         // out dx, eax
+        0xa1, 0x08, 0x10, 0x00, 0xd0, // mov eax, [0xd0001008]
+        0xef,                         // out dx, eax
+        0xa1, 0x08, 0x20, 0x00, 0xd0, // mov eax, [0xd0002008]
+        0xef,                         // out dx, eax
+        0xa1, 0x00, 0x00, 0x00, 0xd0, // mov eax, [0xd0000000]
+        0xef,                         // out dx, eax
+        0xb0, 0xfe,                   // mov al, 0xfe
+        0xe6, 0x64,                   // out 0x64, al (reset)
+        0xeb, 0xfe,                   // jmp $
+    ];
+    let port = Arc::new(Mutex::new(Port::default()));
+    let mut vm = VmBuilder::new()
+        .memory_mib(1)
+        .raw_code(RawCode {
+            mode: RawMode::Protected32,
+            irqchip: true,
+            ..RawCode::real(&code, 0x1000)
+        })
+        .pio_device(0x510, 4, port.clone())
+        .block(BlockConfig::new(disk.path()).read_only(true))
+        .vsock(GUEST_CID)
+        .rng()
+        .build()
+        .unwrap();
+    // The thread names itself once it runs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while device_threads() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(device_threads(), 1, "one event-loop thread per VM");
+    let outcome = vm.wait_timeout(Duration::from_secs(20));
+    assert!(
+        matches!(outcome, Some(Ok(ExitReason::Reset))),
+        "unexpected outcome {outcome:?}"
+    );
+    // The loop was stopped and joined when the VM's outcome was collected.
+    assert_eq!(device_threads(), 0);
+    let writes = port.lock().unwrap().0.clone();
+    assert_eq!(
+        writes,
+        [
+            2u32.to_le_bytes().to_vec(),
+            19u32.to_le_bytes().to_vec(),
+            4u32.to_le_bytes().to_vec(),
+            b"virt".to_vec(),
+        ]
+    );
+}
+
+#[test]
+fn a_device_that_cannot_be_built_fails_the_build() {
+    if detect_kvm() == KvmKind::Missing {
+        eprintln!("skipping: no /dev/kvm on this host");
+        return;
+    }
+    let e = VmBuilder::new()
+        .memory_mib(1)
+        .raw_code(RawCode {
+            irqchip: true,
+            ..RawCode::real(&[0xf4], 0x1000)
+        })
+        .rng()
+        .block(BlockConfig::new("/nonexistent/disk.img"))
+        .build()
+        .unwrap_err();
+    match e {
+        Error::Devices(hypercontainer::vmm::devices::Error::Block { index: 1, path, .. }) => {
+            assert_eq!(path, "/nonexistent/disk.img")
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    // Validation happens before KVM is touched.
+    let e = VmBuilder::new().vsock(2).build().unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Devices(hypercontainer::vmm::devices::Error::InvalidCid(2))
+    ));
 }

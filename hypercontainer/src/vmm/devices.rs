@@ -21,6 +21,32 @@
 //! eventfd is part of the loop). A panic in a device handler is caught at
 //! the thread boundary and ends that VM with [`Error::EventLoopPanic`]
 //! (wrapped in [`super::Error::Devices`]); the process goes on.
+//!
+//! ```no_run
+//! use std::io::Read;
+//! use std::time::Duration;
+//! use hypercontainer::vmm::{BlockConfig, VmBuilder};
+//!
+//! let mut vm = VmBuilder::new()
+//!     .kernel("/path/to/vmlinux")
+//!     .initramfs("/path/to/initramfs.cpio")
+//!     // vda: a read-only layer the guest finds by its serial.
+//!     .block(BlockConfig::new("/images/layer0.img").read_only(true).serial("layer0"))
+//!     // vdb: a writable disk.
+//!     .block(BlockConfig::new("/images/upper.img"))
+//!     .vsock(3)
+//!     .rng()
+//!     .build()?;
+//! // Connect to a guest service on vsock port 1024.
+//! let mut stream = vm
+//!     .vsock()
+//!     .expect("configured above")
+//!     .connect(1024, Duration::from_secs(5))?;
+//! let mut greeting = String::new();
+//! stream.read_to_string(&mut greeting)?;
+//! vm.wait()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fs::File;
 use std::io::Write;
