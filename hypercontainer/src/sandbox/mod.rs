@@ -1303,6 +1303,17 @@ mod tests {
     }
 
     #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Sandbox>();
+        check::<Process>();
+        check::<OutputReader>();
+        check::<StdinWriter>();
+        check::<AgentClient>();
+        check::<Error>();
+    }
+
+    #[test]
     fn ids_are_unique_hex() {
         let a = new_id();
         let b = new_id();
