@@ -419,6 +419,14 @@ impl BusDevice for Port {
     }
 }
 
+/// The raw-code tests count this process's event-loop threads: they run
+/// one at a time.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn device_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -433,6 +441,7 @@ fn devices_are_wired_into_the_mmio_bus_in_slot_order() {
         eprintln!("skipping: no /dev/kvm on this host");
         return;
     }
+    let _one = one_vm_at_a_time();
     let disk = tempfile::NamedTempFile::new().unwrap();
     disk.as_file().set_len(1 << 20).unwrap();
     // 32-bit flat code: read DeviceID of slots 0..3 and the magic of slot 0,
@@ -497,6 +506,7 @@ fn a_device_that_cannot_be_built_fails_the_build() {
         eprintln!("skipping: no /dev/kvm on this host");
         return;
     }
+    let _one = one_vm_at_a_time();
     let e = VmBuilder::new()
         .memory_mib(1)
         .raw_code(RawCode {
@@ -518,5 +528,69 @@ fn a_device_that_cannot_be_built_fails_the_build() {
     assert!(matches!(
         e,
         Error::Devices(hypercontainer::vmm::devices::Error::InvalidCid(2))
+    ));
+}
+
+/// A device-loop subscriber whose handler panics when its eventfd fires.
+struct Bomb {
+    evt: vmm_sys_util::eventfd::EventFd,
+}
+
+impl event_manager::MutEventSubscriber for Bomb {
+    fn init(&mut self, ops: &mut event_manager::EventOps) {
+        ops.add(event_manager::Events::new(
+            &self.evt,
+            vmm_sys_util::epoll::EventSet::IN,
+        ))
+        .unwrap();
+    }
+    fn process(&mut self, _: event_manager::Events, _: &mut event_manager::EventOps) {
+        panic!("device handler bug");
+    }
+}
+
+#[test]
+fn a_panicking_device_handler_ends_the_vm_with_an_error() {
+    if detect_kvm() == KvmKind::Missing {
+        eprintln!("skipping: no /dev/kvm on this host");
+        return;
+    }
+    let _one = one_vm_at_a_time();
+    let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut vm = VmBuilder::new()
+        .memory_mib(1)
+        .raw_code(RawCode {
+            irqchip: true,
+            // jmp $
+            ..RawCode::real(&[0xeb, 0xfe], 0x1000)
+        })
+        .rng()
+        .device_loop_subscriber(Arc::new(Mutex::new(Bomb {
+            evt: evt.try_clone().unwrap(),
+        })))
+        .build()
+        .unwrap();
+    assert!(vm.wait_timeout(Duration::from_millis(200)).is_none());
+    evt.write(1).unwrap();
+    match vm.wait_timeout(Duration::from_secs(20)) {
+        Some(Err(Error::Devices(hypercontainer::vmm::devices::Error::EventLoopPanic {
+            message,
+        }))) => assert_eq!(message, "device handler bug"),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    // The process goes on: another VM builds and runs.
+    let mut again = VmBuilder::new()
+        .memory_mib(1)
+        .raw_code(RawCode {
+            irqchip: true,
+            // mov al, 0xfe; out 0x64, al
+            ..RawCode::real(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe], 0x1000)
+        })
+        .rng()
+        .build()
+        .unwrap();
+    assert!(matches!(
+        again.wait_timeout(Duration::from_secs(20)),
+        Some(Ok(ExitReason::Reset))
     ));
 }

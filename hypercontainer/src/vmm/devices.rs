@@ -331,6 +331,8 @@ impl DeviceSpec {
 #[derive(Default)]
 pub(crate) struct DeviceList {
     specs: Vec<DeviceSpec>,
+    /// Subscribers without a slot (test helpers).
+    extra: Vec<Subscriber>,
 }
 
 impl std::fmt::Debug for DeviceList {
@@ -391,7 +393,7 @@ impl DeviceList {
         self.validate()?;
         let mem = Arc::new(memory.clone());
         let mut wired = Vec::with_capacity(self.specs.len());
-        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut subscribers: Vec<Subscriber> = self.extra;
         let mut info = Vec::with_capacity(self.specs.len());
         let mut vsock_host = None;
         let mut console_input = None;
@@ -486,6 +488,20 @@ impl DeviceList {
                 event_loop,
             },
         ))
+    }
+}
+
+#[cfg(feature = "test-utils")]
+impl super::VmBuilder {
+    /// Test helper: runs `subscriber` on the VM's device event loop as if it
+    /// were a device (it gets no slot). Lets tests make a device handler
+    /// misbehave.
+    pub fn device_loop_subscriber(
+        mut self,
+        subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>,
+    ) -> Self {
+        self.devices.extra.push(subscriber);
+        self
     }
 }
 
