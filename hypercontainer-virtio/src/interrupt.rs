@@ -29,7 +29,7 @@ impl InterruptType {
 
 /// Something that can signal the guest: implemented by the VMM with an
 /// irqfd, by the transport (which records the status bits and forwards), and
-/// by [`crate::test_utils::MockInterrupt`] in tests.
+/// by `test_utils::MockInterrupt` (feature `test-utils`) in tests.
 pub trait Interrupt: Send + Sync {
     /// Raise the interrupt for `kind`.
     fn trigger(&self, kind: InterruptType) -> io::Result<()>;
