@@ -3,7 +3,8 @@
 //! where a guest can boot: directly on hardware KVM, inside the emulated KVM
 //! host elsewhere, with the same inputs as the whole-VM tests (guest kernel,
 //! busybox, QEMU, guest helpers). `ARGS` go to each benchmark binary (a
-//! criterion filter, for instance). Their output, summaries included, is
+//! criterion filter, for instance); the benchmarks' environment knobs
+//! (`HYPERCONTAINER_BENCH_*`, `HYPERCONTAINER_*_PAIRS`) are passed on. Their output, summaries included, is
 //! streamed.
 
 use crate::util::{cargo, fail, IoContext, Result};
@@ -77,6 +78,15 @@ pub fn cmd(args: &[String]) -> Result<()> {
             .timeout(Duration::from_secs(90 * 60))
             .echo(Some("")),
     )?;
+    // Knobs of the benchmarks (`HYPERCONTAINER_BENCH_*`, `HYPERCONTAINER_*_PAIRS`)
+    // reach them inside the emulated host too.
+    for (k, v) in std::env::vars() {
+        if k.starts_with("HYPERCONTAINER_BENCH_")
+            || (k.starts_with("HYPERCONTAINER_") && k.ends_with("_PAIRS"))
+        {
+            builder = builder.env(k, v);
+        }
+    }
     for (name, exe) in &benches {
         builder = builder.job(Job::new(name, exe).arg("--bench").args(bench_args));
     }
