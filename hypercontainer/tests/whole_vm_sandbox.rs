@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hypercontainer::sandbox::{Error, Exec, Sandbox, SandboxBuilder};
+use hypercontainer::sandbox::{Error, Exec, ImageRef, Sandbox, SandboxBuilder};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -85,6 +85,30 @@ fn output_exit_codes_and_process_settings() {
         .memory_mib(192));
     assert_eq!(out, "overridden x\n/home/app\n0\nbox1\n");
     assert_eq!(status, 0);
+
+    // A prepared root filesystem directory instead of an image.
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    hypercontainer::sandbox::ImageSource::OciArchive {
+        path: sandbox_common::image_archive().to_owned(),
+    }
+    .open(
+        Some(sandbox_common::TAG),
+        &hypercontainer_image::Platform::default(),
+        &hypercontainer_image::Limits::default(),
+    )
+    .unwrap()
+    .unpack_rootfs(
+        &rootfs,
+        &hypercontainer_image::UnpackOptions::new(hypercontainer_image::WhiteoutMode::Apply),
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("data/marker"), "from-dir\n").unwrap();
+    let (out, _, status) = run(Sandbox::builder()
+        .image(ImageRef::Rootfs(rootfs))
+        .boot_timeout(Duration::from_secs(120))
+        .cmd(["cat", "/data/marker"]));
+    assert_eq!((out.as_str(), status), ("from-dir\n", 0));
 
     // An executable that does not exist.
     match sandbox().cmd(["no-such-program"]).start() {
