@@ -16,10 +16,7 @@ use log::{debug, warn};
 use virtio_bindings::virtio_blk::*;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::device::{
-    self, device_type, Activation, EventLoopLink, LinkChange, VirtioDevice, CONTROL_TOKEN,
-    EVENT_IDX,
-};
+use crate::device::{self, device_type, Activation, EventLoopLink, VirtioDevice, EVENT_IDX};
 use crate::queue_util::{drain_queue, Chain};
 use crate::GuestMemoryMmap;
 
@@ -254,19 +251,11 @@ impl MutEventSubscriber for Block {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            CONTROL_TOKEN => {
-                if let LinkChange::Activated = self.link.sync(ops) {
-                    // Requests queued before the loop saw the activation.
-                    self.process_queue();
-                }
-            }
-            0 => {
-                if self.link.ack_queue_event(0) {
-                    self.process_queue();
-                }
-            }
-            other => debug!("virtio-blk: unexpected event {other}"),
+        if self
+            .link
+            .single_queue_event(events.data(), ops, "virtio-blk")
+        {
+            self.process_queue();
         }
     }
 }

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events};
-use log::{error, warn};
+use log::{debug, error, warn};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -291,6 +291,22 @@ impl EventLoopLink {
             }
         }
         change
+    }
+
+    /// Handles an event of a single-queue device: the control event (sync
+    /// the registrations) or queue 0's notification. Returns true when the
+    /// device should process its queue now; `name` labels unexpected
+    /// events in the log.
+    pub fn single_queue_event(&mut self, data: u32, ops: &mut EventOps, name: &str) -> bool {
+        match data {
+            // Requests queued before the loop saw the activation count too.
+            CONTROL_TOKEN => matches!(self.sync(ops), LinkChange::Activated),
+            0 => self.ack_queue_event(0),
+            other => {
+                debug!("{name}: unexpected event {other}");
+                false
+            }
+        }
     }
 
     /// Consume a queue notification. Returns false when the queue index is

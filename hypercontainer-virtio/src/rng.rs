@@ -6,9 +6,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use crate::device::{
-    self, device_type, Activation, EventLoopLink, LinkChange, VirtioDevice, CONTROL_TOKEN,
-};
+use crate::device::{self, device_type, Activation, EventLoopLink, VirtioDevice};
 use crate::queue_util::{drain_queue, Chain};
 use crate::GuestMemoryMmap;
 
@@ -154,18 +152,11 @@ impl MutEventSubscriber for Rng {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            CONTROL_TOKEN => {
-                if let LinkChange::Activated = self.link.sync(ops) {
-                    self.process_queue();
-                }
-            }
-            0 => {
-                if self.link.ack_queue_event(0) {
-                    self.process_queue();
-                }
-            }
-            other => debug!("virtio-rng: unexpected event {other}"),
+        if self
+            .link
+            .single_queue_event(events.data(), ops, "virtio-rng")
+        {
+            self.process_queue();
         }
     }
 }
