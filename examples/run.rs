@@ -195,9 +195,30 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     }
     let status = sandbox.wait()?;
     if a.timings {
-        eprintln!("{:#?}", sandbox.boot_timings());
+        print_timings(&sandbox.boot_timings());
     }
     Ok(status)
+}
+
+/// Prints the boot stages, one per line, in milliseconds.
+fn print_timings(t: &hypercontainer::sandbox::BootTimings) {
+    let stages = [
+        ("host ", "image ready", Some(t.image_ready)),
+        ("host ", "VM built", Some(t.vm_built)),
+        ("host ", "first KVM_RUN", t.first_kvm_run),
+        ("guest", "agent started", t.guest_agent_start),
+        ("guest", "rootfs ready", t.guest_rootfs_ready),
+        ("guest", "process exec", t.guest_process_exec),
+        ("host ", "agent connected", Some(t.agent_connected)),
+        ("host ", "process started", t.process_started),
+        ("host ", "first output byte", t.first_output),
+    ];
+    eprintln!("boot stages (host: since start(); guest: since the guest kernel's clock began):");
+    for (clock, name, at) in stages {
+        if let Some(at) = at {
+            eprintln!("  {clock} {name:<18} {:>9.1} ms", at.as_secs_f64() * 1e3);
+        }
+    }
 }
 
 fn main() -> ExitCode {
