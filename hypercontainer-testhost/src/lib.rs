@@ -221,6 +221,7 @@ pub struct Job {
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
+    timeout: Option<Duration>,
 }
 
 impl Job {
@@ -233,7 +234,17 @@ impl Job {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            timeout: None,
         }
+    }
+
+    /// Kills the job after `timeout` and goes on with the next one. In the
+    /// emulated host the kernel stacks and system calls of the job's
+    /// threads are printed into its output first, to show where it hung.
+    /// The job's result then has `timed_out` set and exit code 137.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// Appends one argument.
@@ -275,6 +286,8 @@ pub struct JobResult {
     pub output: String,
     /// Wall time from its start to its end, as seen by the runner.
     pub duration: Duration,
+    /// It was killed by its own [`Job::timeout`].
+    pub timed_out: bool,
 }
 
 impl JobResult {
@@ -662,8 +675,11 @@ impl TestHost {
             ),
         ];
         let mut output = String::new();
+        let own_limit = job.timeout.filter(|t| *t < timeout);
+        let limit = own_limit.unwrap_or(timeout);
+        let mut timed_out = false;
         loop {
-            let left = timeout.saturating_sub(start.elapsed());
+            let left = limit.saturating_sub(start.elapsed());
             match rx.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok((_, line)) => {
                     self.echo(&line);
@@ -671,6 +687,15 @@ impl TestHost {
                     output.push('\n');
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if own_limit.is_some() => {
+                    let line = format!("job {} timed out after {limit:?}; killed", job.name);
+                    self.echo(&line);
+                    output.push_str(&line);
+                    output.push('\n');
+                    let _ = child.0.kill();
+                    timed_out = true;
+                    break;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(Error::Timeout {
                         during: format!("job {}", job.name),
@@ -679,8 +704,10 @@ impl TestHost {
                 }
             }
         }
-        for r in readers.into_iter().flatten() {
-            let _ = r.join();
+        if !timed_out {
+            for r in readers.into_iter().flatten() {
+                let _ = r.join();
+            }
         }
         let status = child
             .0
@@ -701,6 +728,7 @@ impl TestHost {
             exit_code,
             output,
             duration,
+            timed_out,
         })
     }
 
@@ -728,6 +756,7 @@ impl TestHost {
             script_jobs.push(script::ScriptJob {
                 argv,
                 env: job.env.clone(),
+                timeout_secs: job.timeout.map(|t| t.as_secs().max(1)),
             });
         }
         for exe in &self.executables {
@@ -890,6 +919,7 @@ impl TestHost {
             }
         };
         let deadline = start + self.timeout;
+        let mut timed_out: Option<usize> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (_, line) = match rx.recv_timeout(left.max(Duration::from_millis(1))) {
@@ -960,9 +990,17 @@ impl TestHost {
                                     exit_code: code,
                                     output: out,
                                     duration,
+                                    timed_out: timed_out.take() == Some(i),
                                 });
                             }
                         }
+                    }
+                    script::Event::Timeout(i) => {
+                        self.echo(&format!(
+                            "--- job {} timed out; killing it",
+                            self.jobs.get(i).map_or("?", |j| j.name.as_str())
+                        ));
+                        timed_out = Some(i);
                     }
                     script::Event::Fatal(reason) => {
                         return Err(Error::HostStopped {
@@ -1112,6 +1150,33 @@ mod tests {
         assert!(ok.output.contains("out\n") && ok.output.contains("err\n"));
         assert!(ok.output.contains("so direct\n"), "{}", ok.output);
         assert_eq!(report.jobs[1].exit_code, 3);
+    }
+
+    #[test]
+    fn a_job_past_its_own_timeout_is_killed_and_the_next_one_runs() {
+        let host = TestHost::builder()
+            .mode(Mode::Direct)
+            .qemu("/usr/bin/true")
+            .busybox("/usr/bin/true")
+            .echo(None)
+            .job(
+                Job::new("sleeper", "/bin/sh")
+                    .args(["-c", "echo before; exec sleep 30"])
+                    .timeout(Duration::from_millis(300)),
+            )
+            .job(Job::new("next", "/bin/sh").args(["-c", "echo after"]))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let report = host.run().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let [sleeper, next] = &report.jobs[..] else {
+            panic!("{report:?}")
+        };
+        assert!(sleeper.timed_out && !sleeper.success(), "{sleeper:?}");
+        assert!(sleeper.output.contains("before\n"), "{sleeper:?}");
+        assert!(next.success() && !next.timed_out, "{next:?}");
+        assert!(next.output.contains("after"), "{next:?}");
     }
 
     #[test]

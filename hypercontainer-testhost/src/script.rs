@@ -27,6 +27,9 @@ pub struct ScriptJob {
     pub argv: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Kill the job after this many seconds (after printing where its
+    /// threads are).
+    pub timeout_secs: Option<u64>,
 }
 
 /// Everything the init script needs.
@@ -87,8 +90,22 @@ pub fn init_script(spec: &ScriptSpec) -> String {
             line.push(' ');
             line.push_str(&sh_quote(a));
         }
-        line.push_str(" ) </dev/null\n");
-        s.push_str(&line);
+        line.push_str(" ) </dev/null");
+        match job.timeout_secs {
+            None => {
+                s.push_str(&line);
+                s.push('\n');
+            }
+            Some(secs) => {
+                let _ = writeln!(s, "{line} &");
+                s.push_str("job=$!\n");
+                s.push_str(&watchdog(&t, i, secs));
+                s.push_str("wd=$!\n");
+                s.push_str("wait $job\n");
+                // Keep $? of the job for the END line.
+                s.push_str("rc=$?; kill $wd 2>/dev/null; (exit $rc)\n");
+            }
+        }
         // The newline before END ends a last output line that lacks one;
         // the parser removes it again.
         let _ = writeln!(s, "rc=$?; printf '\\n{t} END {i} %s\\n' \"$rc\"");
@@ -102,6 +119,29 @@ pub fn init_script(spec: &ScriptSpec) -> String {
     let _ = writeln!(s, "echo \"{t} DONE\"");
     s.push_str("poweroff -f\n");
     s
+}
+
+/// A background shell that, after `secs` seconds, reports job `idx` (pid
+/// in `$job`) as timed out, prints what every thread of it is blocked on
+/// (state, kernel wait channel, system call, kernel stack) and kills it
+/// and its children.
+fn watchdog(t: &str, idx: usize, secs: u64) -> String {
+    format!(
+        r#"(
+  sleep {secs}
+  kill -0 $job 2>/dev/null || exit 0
+  echo "{t} TIMEOUT {idx}"
+  echo "job still running after {secs}s; its threads:"
+  for d in /proc/$job/task/*; do
+    echo "thread $(basename $d) $(cat $d/comm) $(grep State: $d/status) wchan=$(cat $d/wchan) syscall=$(cat $d/syscall)"
+    cat $d/stack 2>/dev/null | sed 's/^/    /'
+  done
+  echo "processes:"; ps 2>/dev/null
+  pkill -9 -P $job 2>/dev/null
+  kill -9 $job
+) &
+"#
+    )
 }
 
 /// What one console line means.
@@ -122,6 +162,8 @@ pub enum Event {
         /// Exit code.
         code: i32,
     },
+    /// Job `idx` ran past its timeout and is being killed.
+    Timeout(usize),
     /// The init script gave up.
     Fatal(String),
     /// All jobs ran.
@@ -146,6 +188,10 @@ pub fn classify(token: &str, line: &str) -> Vec<Event> {
         Some("KVM") => Some(Event::KvmReady),
         Some("DONE") => Some(Event::Done),
         Some("BEGIN") => words.next().and_then(|i| i.parse().ok()).map(Event::Begin),
+        Some("TIMEOUT") => words
+            .next()
+            .and_then(|i| i.parse().ok())
+            .map(Event::Timeout),
         Some("END") => {
             let idx = words.next().and_then(|i| i.parse().ok());
             let code = words.next().and_then(|c| c.parse().ok());
@@ -199,6 +245,7 @@ mod tests {
             vec![Event::Fatal("no /dev/kvm".into())]
         );
         assert_eq!(classify(&t, "HCTH-00ff DONE"), vec![Event::Done]);
+        assert_eq!(classify(&t, "HCTH-00ff TIMEOUT 2"), vec![Event::Timeout(2)]);
         // Another run's token, or a malformed marker, is plain output.
         assert_eq!(
             classify(&t, "HCTH-1234 END 0 0"),
@@ -223,10 +270,12 @@ mod tests {
                 ScriptJob {
                     argv: vec!["/t/test bin".into(), "--ignored".into()],
                     env: vec![("A".into(), "it's".into())],
+                    timeout_secs: None,
                 },
                 ScriptJob {
                     argv: vec!["true".into()],
                     env: vec![],
+                    timeout_secs: Some(90),
                 },
             ],
         };
@@ -240,6 +289,14 @@ mod tests {
         assert!(irq < kvm && kvm < check && check < job0 && job0 < job1);
         assert!(s.contains("export HYPERCONTAINER_QEMU='/usr/bin/qemu'\n"));
         assert!(s.contains("( export A='it'\\''s'; exec '/t/test bin' '--ignored' ) </dev/null\n"));
+        // Job 1 runs in the background under a 90 s watchdog.
+        assert!(s.contains("( exec 'true' ) </dev/null &\njob=$!\n(\n  sleep 90\n"));
+        assert!(s.contains("echo \"HCTH-abcd TIMEOUT 1\""));
+        assert!(s.contains("wait $job\nrc=$?; kill $wd 2>/dev/null; (exit $rc)\nrc=$?;"));
+        // Job 1 runs in the background under a 90 s watchdog.
+        assert!(s.contains("( exec 'true' ) </dev/null &\njob=$!\n(\n  sleep 90\n"));
+        assert!(s.contains("echo \"HCTH-abcd TIMEOUT 1\""));
+        assert!(s.contains("wait $job\nrc=$?; kill $wd 2>/dev/null; (exit $rc)\nrc=$?;"));
         assert!(s.contains("rc=$?; printf '\\nHCTH-abcd END 1 %s\\n' \"$rc\"\n"));
         assert!(s.trim_end().ends_with("poweroff -f"));
     }

@@ -293,9 +293,10 @@ fn whole_vm(
             c.failed = 1;
         }
         s.note(format!(
-            "{}: exit {}, {} passed, {} failed ({:.1}s)",
+            "{}: exit {}{}, {} passed, {} failed ({:.1}s)",
             job.name,
             job.exit_code,
+            if job.timed_out { " (timed out)" } else { "" },
             c.passed,
             c.failed,
             job.duration.as_secs_f64()

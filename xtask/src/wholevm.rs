@@ -14,6 +14,10 @@ use std::time::Duration;
 /// Prefix of the integration test targets that need a whole VM.
 pub const TARGET_PREFIX: &str = "whole_vm_";
 
+/// How long one whole-VM test binary may run in the emulated host before it
+/// is killed (after showing where its threads are) and the next one runs.
+const JOB_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// A test binary built by cargo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestBinary {
@@ -139,11 +143,11 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
             .echo(Some("  vm| ")),
     )?;
     for b in binaries {
-        builder = builder.job(Job::new(&b.name, &b.executable).args([
-            "--ignored",
-            "--test-threads=1",
-            "--show-output",
-        ]));
+        builder = builder.job(
+            Job::new(&b.name, &b.executable)
+                .args(["--ignored", "--test-threads=1", "--show-output"])
+                .timeout(JOB_TIMEOUT),
+        );
     }
     Ok(builder.build()?.run()?)
 }

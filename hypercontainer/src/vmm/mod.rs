@@ -267,6 +267,19 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// A vCPU thread did not leave `KVM_RUN` or its exit handler within
+    /// the grace period after the VM ended. Its thread was left running,
+    /// detached, with the guest memory it can reach kept mapped; everything
+    /// else of the VM was released.
+    #[error("vCPU {vcpu} did not stop within {grace:?} ({activity}); its thread was left behind")]
+    VcpuUnresponsive {
+        /// The vCPU.
+        vcpu: u32,
+        /// What its thread was doing.
+        activity: vcpu::Activity,
+        /// How long it was given.
+        grace: Duration,
+    },
     /// The outcome was already returned by an earlier `wait`.
     #[error("the VM's outcome was already collected")]
     AlreadyCollected,
@@ -894,7 +907,7 @@ impl VmBuilder {
 
         let mut threads = Vec::with_capacity(vcpus.len());
         for (index, fd) in vcpus.into_iter().enumerate() {
-            let v = vcpu::Vcpu::new(index as u32, fd, pio.clone(), mmio.clone());
+            let v = vcpu::Vcpu::new(index as u32, fd, pio.clone(), mmio.clone(), memory.clone());
             let c = control.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -1052,8 +1065,14 @@ fn register_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
+/// How long vCPU threads get to leave their loop once the VM ended.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A running virtual machine. Dropping it stops the guest, joins the vCPU
-/// threads, closes every fd and unmaps guest memory.
+/// threads, closes every fd and unmaps guest memory. A vCPU thread that
+/// does not stop within [`STOP_GRACE`] (a host kernel bug, or a device
+/// handler that blocks forever) is left running detached rather than
+/// blocking the caller; it keeps the guest memory mapped.
 pub struct Vm {
     control: Arc<vcpu::Control>,
     threads: Vec<JoinHandle<()>>,
@@ -1098,15 +1117,42 @@ impl Vm {
     }
 
     fn reap(&mut self) -> Result<ExitReason> {
-        for h in self.threads.drain(..) {
-            // Panics were caught inside the thread; a join error cannot
-            // carry anything more.
-            let _ = h.join();
+        let stopped = self.stop_threads();
+        let outcome = self
+            .control
+            .take_outcome()
+            .unwrap_or(Err(Error::AlreadyCollected));
+        match stopped {
+            Ok(()) => outcome,
+            Err(e) => {
+                log::error!("the VM ended with {outcome:?}, but: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the VM (if it still runs), joins the vCPU threads that leave
+    /// within [`STOP_GRACE`] and detaches the others, then stops the
+    /// device event loop.
+    fn stop_threads(&mut self) -> Result<()> {
+        self.control.finish(Ok(ExitReason::Stopped));
+        let stuck = self.control.wait_vcpus_gone(STOP_GRACE);
+        for (i, h) in self.threads.drain(..).enumerate() {
+            if stuck.iter().all(|(v, _)| *v as usize != i) {
+                // Panics were caught inside the thread; a join error cannot
+                // carry anything more.
+                let _ = h.join();
+            }
         }
         self.devices.stop();
-        self.control
-            .take_outcome()
-            .unwrap_or(Err(Error::AlreadyCollected))
+        match stuck.first() {
+            None => Ok(()),
+            Some(&(vcpu, activity)) => Err(Error::VcpuUnresponsive {
+                vcpu,
+                activity,
+                grace: STOP_GRACE,
+            }),
+        }
     }
 
     /// Asks the VM to stop (it ends with [`ExitReason::Stopped`] unless it
@@ -1270,11 +1316,9 @@ pub fn rss_excluding_guest_kib(vms: &[&Vm]) -> std::io::Result<u64> {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        self.control.finish(Ok(ExitReason::Stopped));
-        for h in self.threads.drain(..) {
-            let _ = h.join();
+        if let Err(e) = self.stop_threads() {
+            log::error!("tearing down a VM: {e}");
         }
-        self.devices.stop();
     }
 }
 

@@ -1,11 +1,12 @@
 //! vCPU threads: the `KVM_RUN` loop and host control (pause, resume, stop).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
 
 use super::bus::Bus;
 use super::console::ConsoleState;
@@ -29,43 +30,144 @@ pub enum VcpuEvent {
     Error(Error),
 }
 
+/// What a vCPU thread is doing. Each thread keeps its own up to date, so a
+/// vCPU that does not stop when asked can be reported precisely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Not yet in its run loop.
+    Starting,
+    /// Inside `KVM_RUN`: the guest runs (or KVM handles an exit itself).
+    InGuest,
+    /// Handling a port I/O exit.
+    Pio {
+        /// The port.
+        port: u16,
+        /// A write (`out`) rather than a read (`in`).
+        write: bool,
+    },
+    /// Handling an MMIO exit.
+    Mmio {
+        /// The guest physical address.
+        addr: u64,
+        /// A write rather than a read.
+        write: bool,
+    },
+    /// On the host side of the loop, between two `KVM_RUN`s.
+    Host,
+    /// Parked by a pause.
+    Paused,
+    /// The thread left its loop.
+    Gone,
+}
+
+const TAG_SHIFT: u32 = 56;
+const WRITE_BIT: u64 = 1 << 48;
+const ADDR_MASK: u64 = WRITE_BIT - 1;
+
+impl Activity {
+    fn encode(self) -> u64 {
+        let (tag, write, addr) = match self {
+            Self::Starting => (0, false, 0),
+            Self::InGuest => (1, false, 0),
+            Self::Pio { port, write } => (2, write, u64::from(port)),
+            Self::Mmio { addr, write } => (3, write, addr & ADDR_MASK),
+            Self::Host => (4, false, 0),
+            Self::Paused => (5, false, 0),
+            Self::Gone => (6, false, 0),
+        };
+        (tag << TAG_SHIFT) | if write { WRITE_BIT } else { 0 } | addr
+    }
+
+    fn decode(v: u64) -> Self {
+        let write = v & WRITE_BIT != 0;
+        let addr = v & ADDR_MASK;
+        match v >> TAG_SHIFT {
+            1 => Self::InGuest,
+            2 => Self::Pio {
+                port: addr as u16,
+                write,
+            },
+            3 => Self::Mmio { addr, write },
+            4 => Self::Host,
+            5 => Self::Paused,
+            6 => Self::Gone,
+            _ => Self::Starting,
+        }
+    }
+}
+
+impl std::fmt::Display for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = |write: bool| if write { "write to" } else { "read from" };
+        match self {
+            Self::Starting => f.write_str("starting"),
+            Self::InGuest => f.write_str("inside KVM_RUN"),
+            Self::Pio { port, write } => write!(f, "handling a {} port {port:#x}", dir(*write)),
+            Self::Mmio { addr, write } => {
+                write!(f, "handling an MMIO {} {addr:#x}", dir(*write))
+            }
+            Self::Host => f.write_str("between two KVM_RUNs"),
+            Self::Paused => f.write_str("paused"),
+            Self::Gone => f.write_str("gone"),
+        }
+    }
+}
+
 /// One vCPU and the buses it dispatches to.
 pub struct Vcpu {
     index: u32,
     fd: VcpuFd,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    // Keeps guest memory mapped for as long as this vCPU can run, even when
+    // its thread outlives the `Vm` (see `Control::wait_vcpus_gone`): the
+    // guest must never see host memory mapped later at the same address.
+    _memory: GuestMemoryMmap,
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU.
-    pub fn new(index: u32, fd: VcpuFd, pio: Arc<Bus>, mmio: Arc<Bus>) -> Self {
+    /// Wraps a configured vCPU of a VM with guest memory `memory`.
+    pub fn new(
+        index: u32,
+        fd: VcpuFd,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        memory: GuestMemoryMmap,
+    ) -> Self {
         Self {
             index,
             fd,
             pio,
             mmio,
+            _memory: memory,
         }
     }
 
-    /// Runs the vCPU until its next exit and handles that exit.
-    pub fn run_once(&mut self) -> VcpuEvent {
+    /// Runs the vCPU until its next exit and handles that exit, keeping
+    /// `activity` (an encoded [`Activity`]) up to date.
+    pub fn run_once(&mut self, activity: &AtomicU64) -> VcpuEvent {
         let index = self.index;
-        match self.fd.run() {
+        let set = |a: Activity| activity.store(a.encode(), Ordering::Relaxed);
+        set(Activity::InGuest);
+        let event = match self.fd.run() {
             Ok(exit) => match exit {
                 VcpuExit::IoOut(port, data) => {
+                    set(Activity::Pio { port, write: true });
                     self.pio.write(u64::from(port), data);
                     VcpuEvent::Handled
                 }
                 VcpuExit::IoIn(port, data) => {
+                    set(Activity::Pio { port, write: false });
                     self.pio.read(u64::from(port), data);
                     VcpuEvent::Handled
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    set(Activity::Mmio { addr, write: false });
                     self.mmio.read(addr, data);
                     VcpuEvent::Handled
                 }
                 VcpuExit::MmioWrite(addr, data) => {
+                    set(Activity::Mmio { addr, write: true });
                     self.mmio.write(addr, data);
                     VcpuEvent::Handled
                 }
@@ -101,7 +203,9 @@ impl Vcpu {
                 op: "KVM_RUN",
                 source: e,
             }),
-        }
+        };
+        set(Activity::Host);
+        event
     }
 }
 
@@ -120,6 +224,7 @@ pub struct Control {
     state: Mutex<State>,
     cv: Condvar,
     threads: Mutex<Vec<Option<libc::pthread_t>>>,
+    activity: Box<[AtomicU64]>,
     signal: libc::c_int,
     first_run: OnceLock<Instant>,
     console: Arc<ConsoleState>,
@@ -146,6 +251,9 @@ impl Control {
             }),
             cv: Condvar::new(),
             threads: Mutex::new(vec![None; vcpus]),
+            activity: (0..vcpus)
+                .map(|_| AtomicU64::new(Activity::Starting.encode()))
+                .collect(),
             signal,
             first_run: OnceLock::new(),
             console,
@@ -264,6 +372,55 @@ impl Control {
         true
     }
 
+    /// What vCPU `index` is doing now.
+    pub fn activity(&self, index: usize) -> Option<Activity> {
+        self.activity
+            .get(index)
+            .map(|a| Activity::decode(a.load(Ordering::Relaxed)))
+    }
+
+    fn set_activity(&self, index: usize, a: Activity) {
+        if let Some(cell) = self.activity.get(index) {
+            cell.store(a.encode(), Ordering::Relaxed);
+        }
+    }
+
+    /// After the VM ended: waits up to `grace` for every vCPU thread to
+    /// leave its loop, kicking the ones still in it again every few
+    /// milliseconds (a kick can only be missed by a thread that is not in
+    /// `KVM_RUN`, so repeating it covers every window). Returns the vCPUs
+    /// still in their loop after `grace`, with what they are doing.
+    pub fn wait_vcpus_gone(&self, grace: Duration) -> Vec<(u32, Activity)> {
+        const RETRY: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + grace;
+        loop {
+            {
+                let st = relock(&self.state);
+                if st.live == 0 {
+                    return Vec::new();
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let (st, _) = self
+                    .cv
+                    .wait_timeout(st, RETRY.min(deadline - now))
+                    .unwrap_or_else(PoisonError::into_inner);
+                if st.live == 0 {
+                    return Vec::new();
+                }
+            }
+            self.kick_all();
+        }
+        (0..self.activity.len())
+            .filter_map(|i| match self.activity(i) {
+                Some(Activity::Gone) | None => None,
+                Some(a) => Some((i as u32, a)),
+            })
+            .collect()
+    }
+
     /// Takes the outcome (once).
     pub fn take_outcome(&self) -> Option<Result<ExitReason>> {
         relock(&self.state).outcome.take()
@@ -271,21 +428,28 @@ impl Control {
 
     /// Called at every stop point of a vCPU: parks it while paused.
     /// Returns `false` when the vCPU must leave its loop.
-    fn checkpoint(&self) -> bool {
+    fn checkpoint(&self, index: Option<usize>) -> bool {
         let mut st = relock(&self.state);
         if st.pause && !st.done {
+            if let Some(i) = index {
+                self.set_activity(i, Activity::Paused);
+            }
             st.paused += 1;
             self.cv.notify_all();
             while st.pause && !st.done {
                 st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
             st.paused -= 1;
+            if let Some(i) = index {
+                self.set_activity(i, Activity::Host);
+            }
         }
         !st.done
     }
 
     /// A vCPU left its loop (halted, failed, or the VM ended).
-    fn vcpu_gone(&self, halted: bool) {
+    fn vcpu_gone(&self, index: usize, halted: bool) {
+        self.set_activity(index, Activity::Gone);
         let all_gone = {
             let mut st = relock(&self.state);
             st.live = st.live.saturating_sub(1);
@@ -334,7 +498,7 @@ pub fn thread_main(mut vcpu: Vcpu, control: Arc<Control>) {
     let run = vcpu.fd.get_kvm_run() as *mut kvm_bindings::kvm_run;
     if let Err(e) = kick::attach(run, control.signal) {
         control.finish(Err(Error::Signal(format!("{e:?}").into())));
-        control.vcpu_gone(false);
+        control.vcpu_gone(slot, false);
         return;
     }
     control.register(slot);
@@ -342,13 +506,13 @@ pub fn thread_main(mut vcpu: Vcpu, control: Arc<Control>) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut halted = false;
         loop {
-            if control.attention.load(Ordering::SeqCst) && !control.checkpoint() {
+            if control.attention.load(Ordering::SeqCst) && !control.checkpoint(Some(slot)) {
                 break;
             }
             if index == 0 {
                 control.first_run.get_or_init(Instant::now);
             }
-            match vcpu.run_once() {
+            match vcpu.run_once(&control.activity[slot]) {
                 VcpuEvent::Handled | VcpuEvent::Interrupted => {}
                 VcpuEvent::Halted => {
                     halted = true;
@@ -379,7 +543,7 @@ pub fn thread_main(mut vcpu: Vcpu, control: Arc<Control>) {
             false
         }
     };
-    control.vcpu_gone(halted);
+    control.vcpu_gone(slot, halted);
     drop(vcpu);
 }
 
@@ -426,14 +590,65 @@ mod tests {
     #[test]
     fn pause_returns_once_vcpus_are_gone_and_last_halt_ends_the_vm() {
         let (c, _) = control(2);
-        c.vcpu_gone(true);
+        c.vcpu_gone(0, true);
         assert!(!c.is_done());
-        c.vcpu_gone(true);
+        assert_eq!(c.activity(0), Some(Activity::Gone));
+        assert_eq!(c.activity(1), Some(Activity::Starting));
+        c.vcpu_gone(1, true);
         assert!(c.is_done());
         // Pausing a finished VM does not block.
         c.pause();
         c.resume();
         assert!(matches!(c.take_outcome(), Some(Ok(ExitReason::Halted))));
+    }
+
+    #[test]
+    fn activities_survive_their_encoding() {
+        for a in [
+            Activity::Starting,
+            Activity::InGuest,
+            Activity::Pio {
+                port: 0x3f8,
+                write: true,
+            },
+            Activity::Pio {
+                port: 0xffff,
+                write: false,
+            },
+            Activity::Mmio {
+                addr: 0xd000_0000,
+                write: false,
+            },
+            Activity::Mmio {
+                addr: 0xffff_ffff_fff0,
+                write: true,
+            },
+            Activity::Host,
+            Activity::Paused,
+            Activity::Gone,
+        ] {
+            assert_eq!(Activity::decode(a.encode()), a);
+        }
+        assert_eq!(
+            Activity::Mmio {
+                addr: 0xd000_0050,
+                write: true
+            }
+            .to_string(),
+            "handling an MMIO write to 0xd0000050"
+        );
+    }
+
+    #[test]
+    fn waiting_for_vcpus_reports_the_ones_that_stay() {
+        let (c, _) = control(2);
+        c.finish(Ok(ExitReason::Stopped));
+        c.set_activity(1, Activity::InGuest);
+        c.vcpu_gone(0, false);
+        let stuck = c.wait_vcpus_gone(Duration::from_millis(50));
+        assert_eq!(stuck, [(1, Activity::InGuest)]);
+        c.vcpu_gone(1, false);
+        assert!(c.wait_vcpus_gone(Duration::from_secs(5)).is_empty());
     }
 
     #[test]
