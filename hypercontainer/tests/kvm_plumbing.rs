@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hypercontainer::host::{detect_kvm, KvmKind};
+use hypercontainer::vmm::vcpu::Activity;
 use hypercontainer::vmm::{
     BusDevice, Error, ExitReason, MmioSlot, RawCode, RawMode, VirtioMmioDevice, Vm, VmBuilder,
+    STOP_GRACE,
 };
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -257,6 +259,70 @@ fn dropping_a_running_vm_stops_and_joins_it() {
     let t = Instant::now();
     drop(vm);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+/// A device whose writes block until the test lets them go.
+struct Blocking {
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl BusDevice for Blocking {
+    fn read(&mut self, _: u64, _: &mut [u8]) {}
+    fn write(&mut self, _: u64, _: &[u8]) {
+        let _ = self.entered.send(());
+        let _ = self.release.recv();
+    }
+}
+
+#[test]
+fn a_vcpu_stuck_in_a_device_does_not_block_teardown() {
+    if !have_kvm() {
+        return;
+    }
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let device = Blocking {
+        entered: entered_tx,
+        release: release_rx,
+    };
+    #[rustfmt::skip]
+    let code = [
+        0xba, 0x10, 0x05, // mov dx, 0x510
+        0xee,             // out dx, al  (blocks in the device)
+        0xf4,             // hlt
+    ];
+    let mut vm = VmBuilder::new()
+        .memory_mib(1)
+        .pio_device(PROBE_PORT, 1, Arc::new(Mutex::new(device)))
+        .raw_code(raw(&code, &[LOAD as u16]))
+        .build()
+        .unwrap();
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the guest reached the device");
+    vm.stop();
+    let t = Instant::now();
+    match vm.wait() {
+        Err(Error::VcpuUnresponsive {
+            vcpu: 0,
+            activity:
+                Activity::Pio {
+                    port: PROBE_PORT,
+                    write: true,
+                },
+            ..
+        }) => {}
+        other => panic!("expected an unresponsive vCPU error, got {other:?}"),
+    }
+    let waited = t.elapsed();
+    assert!(
+        waited >= STOP_GRACE && waited < STOP_GRACE + Duration::from_secs(5),
+        "{waited:?}"
+    );
+    drop(vm);
+    // The detached thread finishes on its own once the device returns.
+    release.send(()).unwrap();
 }
 
 #[test]

@@ -1136,6 +1136,11 @@ impl Vm {
     /// device event loop.
     fn stop_threads(&mut self) -> Result<()> {
         self.control.finish(Ok(ExitReason::Stopped));
+        if self.threads.is_empty() {
+            // Joined (or given up on) before.
+            self.devices.stop();
+            return Ok(());
+        }
         let stuck = self.control.wait_vcpus_gone(STOP_GRACE);
         for (i, h) in self.threads.drain(..).enumerate() {
             if stuck.iter().all(|(v, _)| *v as usize != i) {

@@ -278,7 +278,8 @@ impl Control {
         let outcome = self.explain(outcome);
         {
             let mut st = relock(&self.state);
-            if st.outcome.is_none() {
+            // The first outcome wins, even after it was taken.
+            if !st.done {
                 st.outcome = Some(outcome);
             }
             st.done = true;
@@ -568,6 +569,8 @@ mod tests {
         c.finish(Ok(ExitReason::Stopped));
         assert!(c.wait_done(Some(Duration::from_millis(1))));
         assert!(matches!(c.take_outcome(), Some(Ok(ExitReason::Reset))));
+        assert!(c.take_outcome().is_none());
+        c.finish(Ok(ExitReason::Stopped));
         assert!(c.take_outcome().is_none());
     }
 
