@@ -75,6 +75,10 @@ pub const QEMU_ENV: &str = "HYPERCONTAINER_QEMU";
 pub const MODE_ENV: &str = "HYPERCONTAINER_TESTHOST";
 
 /// x86 firmware QEMU may load from its data directory.
+/// How long the emulated host may go without a heartbeat
+/// ([`script::HEARTBEAT_SECS`]) before it counts as locked up.
+const HOST_SILENCE: Duration = Duration::from_secs(150);
+
 const QEMU_FIRMWARE: &[&str] = &[
     "bios-microvm.bin",
     "qboot.rom",
@@ -122,6 +126,18 @@ pub enum Error {
         during: String,
         /// The timeout.
         after: Duration,
+    },
+    /// The emulated host stopped answering: no heartbeat for `silent`.
+    /// This is the emulator locking up (a job that hangs on its own is
+    /// killed by its [`Job::timeout`] while the heartbeat goes on).
+    #[error("the emulated host stopped responding (no heartbeat for {silent:?}) while {during}; last console lines:\n{tail}")]
+    HostUnresponsive {
+        /// What was running.
+        during: String,
+        /// How long it was silent.
+        silent: Duration,
+        /// The last console lines.
+        tail: String,
     },
     /// The emulated host stopped before all jobs ran, or gave up.
     #[error("emulated host stopped while {during}: {reason}; last console lines:\n{tail}")]
@@ -920,16 +936,34 @@ impl TestHost {
         };
         let deadline = start + self.timeout;
         let mut timed_out: Option<usize> = None;
+        // Set once the heartbeat runs (after /dev/kvm is ready).
+        let mut last_beat: Option<Instant> = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let mut wake = deadline;
+            if let Some(b) = last_beat {
+                wake = wake.min(b + HOST_SILENCE);
+            }
+            let left = wake.saturating_duration_since(now);
             let (_, line) = match rx.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(l) => l,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
                     return Err(Error::Timeout {
                         during: during(&current, &results, host_boot),
                         after: self.timeout,
                     })
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let silent = last_beat.map(|b| b.elapsed()).unwrap_or_default();
+                    if silent < HOST_SILENCE {
+                        continue;
+                    }
+                    return Err(Error::HostUnresponsive {
+                        during: during(&current, &results, host_boot),
+                        silent,
+                        tail: tail.join("\n"),
+                    });
                 }
             };
             for ev in script::classify(&token, &line) {
@@ -966,8 +1000,10 @@ impl TestHost {
                     }
                     script::Event::KvmReady => {
                         kvm_setup = host_boot.map(|b| spawned.elapsed().saturating_sub(b));
+                        last_beat = Some(Instant::now());
                         self.echo("--- /dev/kvm ready");
                     }
+                    script::Event::Tick => last_beat = Some(Instant::now()),
                     script::Event::Begin(i) if i < self.jobs.len() => {
                         self.echo(&format!("--- job {} started", self.jobs[i].name));
                         current = Some((i, Instant::now(), String::new()));

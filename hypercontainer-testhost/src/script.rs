@@ -45,6 +45,9 @@ pub struct ScriptSpec {
     pub jobs: Vec<ScriptJob>,
 }
 
+/// Seconds between two heartbeat markers of the emulated host.
+pub const HEARTBEAT_SECS: u64 = 15;
+
 /// The marker token of a run.
 pub fn token(nonce: &str) -> String {
     format!("HCTH-{nonce}")
@@ -75,6 +78,13 @@ pub fn init_script(spec: &ScriptSpec) -> String {
     }
     s.push_str("[ -c /dev/kvm ] || fatal \"no /dev/kvm after loading the modules\"\n");
     let _ = writeln!(s, "echo \"{t} KVM $(cut -d' ' -f1 /proc/uptime)\"");
+    // A heartbeat: while it comes, the emulated host itself is alive, so
+    // a job that stops progressing is the job's own hang (caught by its
+    // watchdog), not a lockup of the emulator.
+    let _ = writeln!(
+        s,
+        "( while sleep {HEARTBEAT_SECS}; do echo \"{t} TICK\"; done ) &"
+    );
     s.push_str("cd /tmp\n");
     for (k, v) in &spec.env {
         let _ = writeln!(s, "export {k}={}", sh_quote(v));
@@ -153,6 +163,8 @@ pub enum Event {
     Init,
     /// The kvm modules are loaded and /dev/kvm exists.
     KvmReady,
+    /// The emulated host's periodic heartbeat.
+    Tick,
     /// Job `idx` starts.
     Begin(usize),
     /// Job `idx` ended with exit code `code`.
@@ -186,6 +198,7 @@ pub fn classify(token: &str, line: &str) -> Vec<Event> {
     let ev = match words.next() {
         Some("INIT") => Some(Event::Init),
         Some("KVM") => Some(Event::KvmReady),
+        Some("TICK") => Some(Event::Tick),
         Some("DONE") => Some(Event::Done),
         Some("BEGIN") => words.next().and_then(|i| i.parse().ok()).map(Event::Begin),
         Some("TIMEOUT") => words
@@ -245,6 +258,7 @@ mod tests {
             vec![Event::Fatal("no /dev/kvm".into())]
         );
         assert_eq!(classify(&t, "HCTH-00ff DONE"), vec![Event::Done]);
+        assert_eq!(classify(&t, "HCTH-00ff TICK"), vec![Event::Tick]);
         assert_eq!(classify(&t, "HCTH-00ff TIMEOUT 2"), vec![Event::Timeout(2)]);
         // Another run's token, or a malformed marker, is plain output.
         assert_eq!(
