@@ -671,25 +671,7 @@ impl TestHost {
             cmd.spawn()
                 .map_err(io_err(format!("starting {}", job.program.display())))?,
         );
-        let (tx, rx) = mpsc::channel();
-        let readers = [
-            spawn_reader(
-                child
-                    .0
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                tx.clone(),
-            ),
-            spawn_reader(
-                child
-                    .0
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                tx,
-            ),
-        ];
+        let (rx, readers) = read_lines(&mut child.0);
         let mut output = String::new();
         let own_limit = job.timeout.filter(|t| *t < timeout);
         let limit = own_limit.unwrap_or(timeout);
@@ -895,25 +877,7 @@ impl TestHost {
         );
         // Keep QEMU's stdin open (and idle) for the whole run.
         let _stdin = child.0.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        let readers = [
-            spawn_reader(
-                child
-                    .0
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                tx.clone(),
-            ),
-            spawn_reader(
-                child
-                    .0
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                tx,
-            ),
-        ];
+        let (rx, readers) = read_lines(&mut child.0);
         let token = script::token(&nonce);
         let mut tail: Vec<String> = Vec::new();
         let mut host_boot = None;
@@ -1088,6 +1052,20 @@ type Reader = Option<std::thread::JoinHandle<()>>;
 
 /// Reads lines (lossy UTF-8, `\r` stripped) and sends them with their
 /// arrival time.
+/// Reads the child's stdout and stderr line by line into one channel.
+fn read_lines(child: &mut Child) -> (mpsc::Receiver<(Instant, String)>, [Reader; 2]) {
+    let (tx, rx) = mpsc::channel();
+    let out = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    (rx, [spawn_reader(out, tx.clone()), spawn_reader(err, tx)])
+}
+
 fn spawn_reader(src: Option<Box<dyn Read + Send>>, tx: mpsc::Sender<(Instant, String)>) -> Reader {
     let src = src?;
     Some(std::thread::spawn(move || {
