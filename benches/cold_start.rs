@@ -35,7 +35,7 @@ fn image_archive() -> PathBuf {
     }
     hypercontainer::kernel::cache_dir()
         .expect("a cache directory")
-        .join("test-images/busybox-v1.oci.tar")
+        .join("test-images/busybox-v2.oci.tar")
 }
 
 fn image_ref() -> ImageRef {

@@ -19,6 +19,8 @@
 //!   [`ImageStore::gc`].
 //! - [`Image::process_defaults`] merges Entrypoint/Cmd/Env/WorkingDir/User
 //!   with caller overrides in Docker's precedence.
+//! - With the `test-utils` feature, `testimage` builds the small busybox
+//!   image the workspace's tests run (with umoci).
 //!
 //! The guest mounts each layer's EROFS image read-only and stacks them with
 //! overlayfs (`lowerdir=` top layer first) under a writable upper layer.
@@ -70,6 +72,8 @@ pub mod process;
 pub mod source;
 pub mod store;
 mod sys;
+#[cfg(feature = "test-utils")]
+pub mod testimage;
 pub mod unpack;
 
 pub use digest::{Digest, DigestError};

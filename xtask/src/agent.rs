@@ -5,19 +5,18 @@
 //! (made with umoci) and `mkfs.erofs`.
 
 use crate::util::{cargo, fail, IoContext, Result, Stage};
+use hypercontainer_image::testimage;
 use hypercontainer_testhost::TestHostBuilder;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The target the agent is built for (static, with `+crt-static`).
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Environment variable the sandbox tests read the test image from.
 pub const TEST_IMAGE_ENV: &str = "HYPERCONTAINER_TEST_IMAGE";
 /// Tag of the test image in its archive.
-pub const TEST_IMAGE_TAG: &str = "test";
-/// Recipe version of the test image (bump when the recipe changes).
-const TEST_IMAGE_NAME: &str = "busybox-v1.oci.tar";
+pub const TEST_IMAGE_TAG: &str = testimage::TAG;
 
 /// `cargo xtask agent`.
 pub fn cmd() -> Result<()> {
@@ -96,18 +95,13 @@ fn build() -> Result<PathBuf> {
     exe.ok_or_else(|| crate::util::Error::Failed("cargo built no agent executable".into()))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    crate::util::run(cmd.stdout(Stdio::null()))
-}
-
-/// The busybox test image as an oci-archive in the cache, built with umoci
-/// on first use: static busybox at /bin/busybox with its applet links,
-/// users root and app (1000:1000), /data; config Env `PATH=/bin`,
-/// `GREETING=from-image`, WorkingDir /data, User app,
-/// Cmd `sh -c "echo default-cmd"`, StopSignal SIGUSR1. Tag `test`.
+/// The busybox test image as an oci-archive in the cache
+/// (`test-images/busybox-v<N>.oci.tar`, `N` the recipe version), built on
+/// first use by `hypercontainer_image::testimage` (its module docs list
+/// what the image holds). Tag [`TEST_IMAGE_TAG`].
 pub fn test_image() -> Result<PathBuf> {
     let dir = hypercontainer::kernel::cache_dir()?.join("test-images");
-    let archive = dir.join(TEST_IMAGE_NAME);
+    let archive = dir.join(format!("busybox-v{}.oci.tar", testimage::RECIPE_VERSION));
     if archive.is_file() {
         return Ok(archive);
     }
@@ -120,73 +114,13 @@ pub fn test_image() -> Result<PathBuf> {
 }
 
 fn build_image(work: &Path, archive: &Path) -> Result<()> {
-    let busybox = Path::new("/bin/busybox");
+    let busybox = Path::new(testimage::DEFAULT_BUSYBOX);
     if !busybox.is_file() {
         return fail("/bin/busybox is missing (cargo xtask deps installs busybox-static)");
     }
-    let layout = work.join("layout");
-    let image = format!("{}:{TEST_IMAGE_TAG}", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout))?;
-    run(Command::new("umoci").args(["new", "--image", &image]))?;
-    let bundle = work.join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle))?;
-    let root = bundle.join("rootfs");
-    for d in ["bin", "etc", "home/app", "data", "tmp"] {
-        let p = root.join(d);
-        std::fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).ctx(|| "copying busybox".into())?;
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000))
-        .ctx(|| "chown home/app".into())?;
-    let list = crate::util::output(Command::new(busybox).arg("--list"))?;
-    for applet in list.lines().filter(|a| *a != "busybox" && !a.is_empty()) {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
-            .ctx(|| format!("linking {applet}"))?;
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
-    )
-    .ctx(|| "writing /etc/passwd".into())?;
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n")
-        .ctx(|| "writing /etc/group".into())?;
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle))?;
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.env",
-        "PATH=/bin",
-        "--config.env",
-        "GREETING=from-image",
-        "--config.workingdir",
-        "/data",
-        "--config.user",
-        "app",
-        "--config.cmd",
-        "sh",
-        "--config.cmd",
-        "-c",
-        "--config.cmd",
-        "echo default-cmd",
-        "--config.stopsignal",
-        "SIGUSR1",
-    ]))?;
-    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout))?;
-    let tmp = archive.with_extension("tmp");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tmp)
-        .arg("."))?;
-    std::fs::rename(&tmp, archive).ctx(|| format!("renaming {}", tmp.display()))
+    testimage::build_busybox_layout(work, busybox)
+        .and_then(|image| image.write_archive(archive))
+        .ctx(|| format!("building the test image {}", archive.display()))
 }
 
 /// Adds the agent (`HYPERCONTAINER_AGENT`), the busybox test image

@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use hypercontainer_image::testimage;
 use hypercontainer_protocol::codec::{read_message, write_message};
 use hypercontainer_protocol::{
     ErrorKind, Hello, Message, Process, ProcessId, Rootfs, Start, MAX_DATA_CHUNK, STDIN_WINDOW,
@@ -29,14 +30,15 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
-/// The image's rootfs: umoci init/new/unpack, add busybox and its applet
-/// links, users and groups, repack, and unpack the new image into a
-/// bundle. Built once into cargo's test scratch directory and reused.
+/// The image's rootfs: the busybox test image of
+/// `hypercontainer_image::testimage` (its module docs list what it holds),
+/// unpacked by umoci into a bundle. Built once into cargo's test scratch
+/// directory and reused.
 pub fn image_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
         let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = scratch.join("agent-test-image-v1");
+        let done = scratch.join(format!("agent-test-image-v{}", testimage::RECIPE_VERSION));
         let rootfs = done.join("bundle/rootfs");
         if rootfs.join("bin/busybox").exists() {
             return rootfs;
@@ -45,55 +47,18 @@ pub fn image_rootfs() -> &'static Path {
             .prefix("agent-test-image.")
             .tempdir_in(scratch)
             .unwrap();
-        build_image(dir.path());
+        let image =
+            testimage::build_busybox_layout(dir.path(), Path::new(testimage::DEFAULT_BUSYBOX))
+                .unwrap_or_else(|e| panic!("building the test image: {e}"));
+        image
+            .unpack(&dir.path().join("bundle"))
+            .unwrap_or_else(|e| panic!("unpacking the test image: {e}"));
         // Another test binary may have won the race; either copy is good.
         if std::fs::rename(dir.path(), &done).is_ok() {
             let _ = dir.keep();
         }
         rootfs
     })
-}
-
-fn build_image(dir: &Path) {
-    let layout = dir.join("layout");
-    let image = format!("{}:test", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    let work = dir.join("work");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&work));
-    let root = work.join("rootfs");
-    for d in ["bin", "etc", "home/app", "data/sub"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
-    )
-    .unwrap();
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&work));
-    let bundle = dir.join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
 }
 
 pub fn agent_binary() -> PathBuf {

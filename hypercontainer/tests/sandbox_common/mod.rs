@@ -1,34 +1,21 @@
-//! Shared by the sandbox tests: the busybox test image, made with umoci.
+//! Shared by the sandbox tests: the busybox test image, made with umoci
+//! by `hypercontainer_image::testimage`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
+
+use hypercontainer_image::testimage;
 
 /// Environment variable naming a prebuilt test image (an oci-archive tar
 /// made by the same recipe), for hosts without umoci.
 pub const TEST_IMAGE_ENV: &str = "HYPERCONTAINER_TEST_IMAGE";
 /// The tag of the image in the archive.
-pub const TAG: &str = "test";
-
-pub fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub const TAG: &str = testimage::TAG;
 
 /// The busybox test image as an oci-archive: `$HYPERCONTAINER_TEST_IMAGE`,
-/// else built once with umoci into cargo's test scratch directory.
-///
-/// Contents: a static busybox at /bin/busybox with its applet links,
-/// users root and app (1000:1000, home /home/app), a /data directory.
-/// Config: Env PATH and GREETING=from-image, WorkingDir /data, User app,
-/// Cmd `sh -c "echo default-cmd"`, StopSignal SIGUSR1.
+/// else built once with [`testimage`] into cargo's test scratch directory
+/// (its module docs list what the image holds).
 pub fn image_archive() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -36,7 +23,7 @@ pub fn image_archive() -> &'static Path {
             return PathBuf::from(p);
         }
         let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = scratch.join("sandbox-test-image-v1");
+        let done = scratch.join(format!("sandbox-test-image-v{}", testimage::RECIPE_VERSION));
         let archive = done.join("busybox.oci.tar");
         if archive.is_file() {
             return archive;
@@ -45,7 +32,12 @@ pub fn image_archive() -> &'static Path {
             .prefix("sandbox-test-image.")
             .tempdir_in(scratch)
             .unwrap();
-        build_image(dir.path());
+        let image =
+            testimage::build_busybox_layout(dir.path(), Path::new(testimage::DEFAULT_BUSYBOX))
+                .unwrap_or_else(|e| panic!("building the test image: {e}"));
+        image
+            .write_archive(&dir.path().join("busybox.oci.tar"))
+            .unwrap_or_else(|e| panic!("writing the test image archive: {e}"));
         if std::fs::rename(dir.path(), &done).is_ok() {
             let _ = dir.keep();
         }
@@ -56,66 +48,4 @@ pub fn image_archive() -> &'static Path {
 /// `oci-archive:<path>:test`.
 pub fn image_ref() -> String {
     format!("oci-archive:{}:{TAG}", image_archive().display())
-}
-
-fn build_image(dir: &Path) {
-    let layout = dir.join("layout");
-    let image = format!("{}:{TAG}", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    let work = dir.join("work");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&work));
-    let root = work.join("rootfs");
-    for d in ["bin", "etc", "home/app", "data", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&work));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.env",
-        "PATH=/bin",
-        "--config.env",
-        "GREETING=from-image",
-        "--config.workingdir",
-        "/data",
-        "--config.user",
-        "app",
-        "--config.cmd",
-        "sh",
-        "--config.cmd",
-        "-c",
-        "--config.cmd",
-        "echo default-cmd",
-        "--config.stopsignal",
-        "SIGUSR1",
-    ]));
-    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .args(["-cf"])
-        .arg(dir.join("busybox.oci.tar"))
-        .arg("."));
 }
