@@ -490,6 +490,7 @@ fn user_errors_are_typed() {
     elf[..4].copy_from_slice(b"\x7fELF");
     elf[4] = 2;
     elf[5] = 1;
+    elf[0x12] = 62; // EM_X86_64
     elf[0x20] = 0x40;
     elf[0x36] = 56;
     elf[0x38] = 1;

@@ -24,9 +24,11 @@ use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use linux_loader::loader::{load_cmdline, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use super::cpu::{self, EntryMode};
 use super::layout::{self, MemType};
@@ -35,6 +37,11 @@ use super::{Error, Result};
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const HDRS_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const EM_X86_64: u16 = 62;
+/// `XEN_ELFNOTE_PHYS32_ENTRY`: the note holding the PVH entry point.
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+const PAGE: u64 = 4096;
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const BOOT_FLAG: u16 = 0xaa55;
@@ -77,6 +84,82 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
+/// One program header of an ELF image, checked against the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    kind: u32,
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+/// Reads the program headers of the ELF whose first bytes are `head`.
+/// Every `PT_LOAD` and `PT_NOTE` segment is checked: its file range lies
+/// inside the file, a loaded segment has `filesz <= memsz`, sits at or
+/// above 1 MiB and does not wrap around.
+fn elf_segments<F: Read + Seek>(
+    image: &mut F,
+    head: &[u8],
+    len: u64,
+    path: &Path,
+) -> Result<Vec<Segment>> {
+    let not = |why: &str| Error::NotAKernel {
+        path: path.to_path_buf(),
+        reason: why.to_string(),
+    };
+    let io = |e| Error::KernelRead {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    if u16_at(head, 0x12) != Some(EM_X86_64) {
+        return Err(not("not an x86-64 ELF"));
+    }
+    let phoff = u64_at(head, 0x20).ok_or_else(|| not("truncated ELF header"))?;
+    let phentsize = u16_at(head, 0x36).ok_or_else(|| not("truncated ELF header"))?;
+    let phnum = u16_at(head, 0x38).ok_or_else(|| not("truncated ELF header"))?;
+    if phentsize != 56 || phnum == 0 {
+        return Err(not("no usable ELF program headers"));
+    }
+    let table_len = 56 * u64::from(phnum);
+    if phoff.checked_add(table_len).is_none_or(|end| end > len) {
+        return Err(not("ELF program headers past the end of the file"));
+    }
+    let mut table = vec![0u8; table_len as usize];
+    image.seek(SeekFrom::Start(phoff)).map_err(io)?;
+    image.read_exact(&mut table).map_err(io)?;
+    let mut out = Vec::new();
+    for ph in table.chunks_exact(56) {
+        let kind = u32_at(ph, 0).unwrap_or(0);
+        if kind != PT_LOAD && kind != PT_NOTE {
+            continue;
+        }
+        let seg = Segment {
+            kind,
+            offset: u64_at(ph, 0x08).unwrap_or(0),
+            paddr: u64_at(ph, 0x18).unwrap_or(0),
+            filesz: u64_at(ph, 0x20).unwrap_or(0),
+            memsz: u64_at(ph, 0x28).unwrap_or(0),
+        };
+        if seg.offset.checked_add(seg.filesz).is_none_or(|e| e > len) {
+            return Err(not("ELF segment past the end of the file"));
+        }
+        if kind == PT_LOAD {
+            if seg.paddr.checked_add(seg.memsz).is_none() {
+                return Err(not("ELF segment wraps around"));
+            }
+            if seg.filesz > seg.memsz {
+                return Err(not("ELF segment larger in the file than in memory"));
+            }
+            if seg.paddr < layout::HIGH_MEM {
+                return Err(not("ELF segment below 1 MiB"));
+            }
+        }
+        out.push(seg);
+    }
+    Ok(out)
+}
+
 /// Reads a kernel image's headers: its kind and the memory it needs.
 /// Never trusts the file: malformed headers give [`Error::NotAKernel`].
 pub fn inspect<F: Read + Seek>(image: &mut F, path: &Path) -> Result<KernelInfo> {
@@ -97,30 +180,11 @@ pub fn inspect<F: Read + Seek>(image: &mut F, path: &Path) -> Result<KernelInfo>
         if head.get(4) != Some(&2) || head.get(5) != Some(&1) {
             return Err(not("not a 64-bit little-endian ELF"));
         }
-        let phoff = u64_at(&head, 0x20).ok_or_else(|| not("truncated ELF header"))?;
-        let phentsize = u16_at(&head, 0x36).ok_or_else(|| not("truncated ELF header"))?;
-        let phnum = u16_at(&head, 0x38).ok_or_else(|| not("truncated ELF header"))?;
-        if phentsize != 56 || phnum == 0 {
-            return Err(not("no usable ELF program headers"));
-        }
-        let table_len = 56 * u64::from(phnum);
-        if phoff.checked_add(table_len).is_none_or(|end| end > len) {
-            return Err(not("ELF program headers past the end of the file"));
-        }
-        let mut table = vec![0u8; table_len as usize];
-        image.seek(SeekFrom::Start(phoff)).map_err(io)?;
-        image.read_exact(&mut table).map_err(io)?;
         let mut end = 0u64;
-        for ph in table.chunks_exact(56) {
-            if u32_at(ph, 0) != Some(PT_LOAD) {
-                continue;
+        for seg in elf_segments(image, &head, len, path)? {
+            if seg.kind == PT_LOAD {
+                end = end.max(seg.paddr + seg.memsz);
             }
-            let paddr = u64_at(ph, 0x18).unwrap_or(0);
-            let memsz = u64_at(ph, 0x28).unwrap_or(0);
-            let seg_end = paddr
-                .checked_add(memsz)
-                .ok_or_else(|| not("ELF segment wraps around"))?;
-            end = end.max(seg_end);
         }
         if end == 0 {
             return Err(not("no loadable ELF segments"));
@@ -167,6 +231,195 @@ pub fn inspect<F: Read + Seek>(image: &mut F, path: &Path) -> Result<KernelInfo>
     Err(not("neither an ELF vmlinux nor a bzImage"))
 }
 
+/// Finds the PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`, name `Xen`) in the
+/// notes `notes` (one `PT_NOTE` segment's bytes).
+fn pvh_entry(notes: &[u8]) -> Option<u64> {
+    let align4 = |n: usize| n.checked_add(3).map(|n| n & !3);
+    let mut at = 0usize;
+    while at.checked_add(12)? <= notes.len() {
+        let namesz = u32_at(notes, at)? as usize;
+        let descsz = u32_at(notes, at + 4)? as usize;
+        let kind = u32_at(notes, at + 8)?;
+        let name_at = at + 12;
+        let desc_at = name_at.checked_add(align4(namesz)?)?;
+        let next = desc_at.checked_add(align4(descsz)?)?;
+        if next > notes.len() {
+            return None;
+        }
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY && notes[name_at..name_at + namesz] == *b"Xen\0" {
+            return (descsz >= 4).then(|| u64::from(u32_at(notes, desc_at).unwrap_or(0)));
+        }
+        at = next;
+    }
+    None
+}
+
+/// Whether `seg` (index `i` of `loads`) can be mapped from the file: its
+/// file offset and address are page aligned, and no other segment touches
+/// the pages it would map.
+fn mappable(loads: &[Segment], i: usize) -> bool {
+    let seg = loads[i];
+    if seg.filesz == 0 || seg.offset % PAGE != 0 || seg.paddr % PAGE != 0 {
+        return false;
+    }
+    let start = seg.paddr;
+    let end = (seg.paddr + seg.filesz).next_multiple_of(PAGE);
+    loads.iter().enumerate().all(|(j, o)| {
+        j == i || o.memsz == 0 || {
+            let o_start = o.paddr & !(PAGE - 1);
+            let o_end = o.paddr + o.memsz;
+            o_end <= start || o_start >= end
+        }
+    })
+}
+
+/// Maps `filesz` bytes of `file` from `file_offset` (page aligned) over the
+/// guest pages from `paddr` (page aligned), copy-on-write; the last page is
+/// mapped whole. Returns `false` (nothing changed) when the range is not
+/// inside one memory region or the kernel refuses the mapping.
+fn map_file(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    file_offset: u64,
+    paddr: u64,
+    filesz: u64,
+) -> Result<bool> {
+    let len = filesz.next_multiple_of(PAGE);
+    let Some((region, offset)) = mem.to_region_addr(GuestAddress(paddr)) else {
+        return Ok(false);
+    };
+    if offset
+        .raw_value()
+        .checked_add(len)
+        .is_none_or(|e| e > region.len())
+    {
+        return Ok(false);
+    }
+    let Ok(host) = region.get_host_address(offset) else {
+        return Ok(false);
+    };
+    let Ok(file_offset) = libc::off_t::try_from(file_offset) else {
+        return Ok(false);
+    };
+    // SAFETY: `host..host + len` lies inside one guest memory region, a
+    // private anonymous mapping this VM owns. No vCPU runs yet and no
+    // reference into the range is held; KVM knows the memory only by its
+    // host address and follows the new mapping (MMU notifiers). MAP_FIXED
+    // replaces those pages with a private copy-on-write mapping of the file,
+    // readable and writable like the rest of guest memory; the region's own
+    // munmap on drop covers it.
+    let ret = unsafe {
+        libc::mmap(
+            host.cast(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            file_offset,
+        )
+    };
+    if ret == libc::MAP_FAILED {
+        // A failed MAP_FIXED may have unmapped the range: put anonymous
+        // memory back so guest memory has no hole.
+        // SAFETY: the same range as above, again inside the region.
+        let back = unsafe {
+            libc::mmap(
+                host.cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if back == libc::MAP_FAILED {
+            return Err(Error::MemoryAlloc(
+                Box::new(std::io::Error::last_os_error()),
+            ));
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Loads an ELF `vmlinux`.
+///
+/// With `map`, each loaded segment whose file pages line up with guest
+/// pages is mapped into guest memory copy-on-write (`MAP_PRIVATE`) rather
+/// than copied: no kernel byte is copied at boot, and the pages the guest
+/// never writes (most of the kernel's text) stay shared, through the page
+/// cache, by every VM that boots the same file. Other segments, and all of
+/// them without `map` (guest memory on hugetlbfs cannot be remapped in
+/// 4 KiB pages), are copied. Written by hand: linux-loader only copies.
+fn load_elf(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    path: &Path,
+    map: bool,
+) -> Result<KernelLoaderResult> {
+    let not = |why: &str| Error::NotAKernel {
+        path: path.to_path_buf(),
+        reason: why.to_string(),
+    };
+    let io = |e| Error::KernelRead {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut head = [0u8; 0x40];
+    file.rewind().map_err(io)?;
+    file.read_exact(&mut head).map_err(io)?;
+    let entry = u64_at(&head, 0x18).unwrap_or(0);
+    let segments = elf_segments(file, &head, len, path)?;
+    let loads: Vec<Segment> = segments
+        .iter()
+        .filter(|s| s.kind == PT_LOAD)
+        .copied()
+        .collect();
+    let mut kernel_end = 0;
+    for (i, seg) in loads.iter().enumerate() {
+        if !mem.check_range(GuestAddress(seg.paddr), seg.memsz as usize) {
+            return Err(not("ELF segment outside guest memory"));
+        }
+        let mapped =
+            map && mappable(&loads, i) && map_file(mem, file, seg.offset, seg.paddr, seg.filesz)?;
+        let zero_from = seg.paddr + seg.filesz;
+        let zero_to = if mapped {
+            // The rest of the last mapped page holds whatever follows in
+            // the file; past it is fresh (zero) anonymous memory.
+            zero_from.next_multiple_of(PAGE)
+        } else {
+            file.seek(SeekFrom::Start(seg.offset)).map_err(io)?;
+            mem.read_exact_volatile_from(GuestAddress(seg.paddr), file, seg.filesz as usize)
+                .map_err(|e| io(std::io::Error::other(e)))?;
+            seg.paddr + seg.memsz
+        };
+        if zero_to > zero_from {
+            let zeros = vec![0u8; (zero_to - zero_from) as usize];
+            mem.write_slice(&zeros, GuestAddress(zero_from))
+                .map_err(Error::GuestMemory)?;
+        }
+        kernel_end = kernel_end.max(seg.paddr + seg.memsz);
+    }
+    let mut pvh = PvhBootCapability::PvhEntryNotPresent;
+    for note in segments.iter().filter(|s| s.kind == PT_NOTE) {
+        const MAX_NOTES: u64 = 64 << 10;
+        let mut bytes = vec![0u8; note.filesz.min(MAX_NOTES) as usize];
+        file.seek(SeekFrom::Start(note.offset)).map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        if let Some(e) = pvh_entry(&bytes) {
+            pvh = PvhBootCapability::PvhEntryPresent(GuestAddress(e));
+            break;
+        }
+    }
+    Ok(KernelLoaderResult {
+        kernel_load: GuestAddress(entry),
+        kernel_end,
+        setup_header: None,
+        pvh_boot_cap: pvh,
+    })
+}
+
 /// Where the initramfs comes from.
 pub enum InitramfsSource<'a> {
     /// Bytes in memory.
@@ -205,6 +458,10 @@ pub struct BootConfig<'a> {
     pub vcpus: u32,
     /// CPUID leaf 1 EAX/EDX for the MP table.
     pub cpu_signature: (u32, u32),
+    /// Map an ELF kernel's segments and an initramfs file into guest
+    /// memory instead of copying them (not possible on hugetlbfs guest
+    /// memory).
+    pub map_kernel: bool,
 }
 
 /// Loads the kernel, initramfs, command line, boot parameters, page tables,
@@ -231,13 +488,14 @@ pub fn load(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<EntryMode> {
 
     let highmem = Some(GuestAddress(layout::HIGH_MEM));
     let result = match info.kind {
-        KernelKind::Elf => Elf::load(mem, None, &mut file, highmem),
-        KernelKind::BzImage => BzImage::load(mem, None, &mut file, highmem),
-    }
-    .map_err(|e| Error::KernelLoad {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+        KernelKind::Elf => load_elf(mem, &mut file, path, cfg.map_kernel)?,
+        KernelKind::BzImage => {
+            BzImage::load(mem, None, &mut file, highmem).map_err(|e| Error::KernelLoad {
+                path: path.to_path_buf(),
+                source: e,
+            })?
+        }
+    };
 
     // Initramfs at the top of low RAM, page aligned, below the kernel's limit.
     let initrd = match cfg.initramfs {
@@ -254,6 +512,10 @@ pub fn load(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<EntryMode> {
                 InitramfsSource::Bytes(data) => mem
                     .write_slice(data, GuestAddress(addr))
                     .map_err(Error::GuestMemory)?,
+                // Mapped like the kernel when possible: the pages past the
+                // end of the file in the last one read as zeros.
+                InitramfsSource::File { file, .. }
+                    if cfg.map_kernel && map_file(mem, &file, 0, addr, initrd_len)? => {}
                 InitramfsSource::File { mut file, path, .. } => mem
                     .read_exact_volatile_from(GuestAddress(addr), &mut file, initrd_len as usize)
                     .map_err(|e| Error::InitramfsMissing {
@@ -425,6 +687,7 @@ mod tests {
         f[..4].copy_from_slice(&ELF_MAGIC);
         f[4] = 2;
         f[5] = 1;
+        f[0x12..0x14].copy_from_slice(&EM_X86_64.to_le_bytes());
         f[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
         f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
@@ -468,6 +731,154 @@ mod tests {
             let err = inspect(&mut Cursor::new(img), Path::new("k")).unwrap_err();
             assert!(matches!(err, Error::NotAKernel { .. }), "{err}");
         }
+    }
+
+    /// An ELF with the given program headers `(type, offset, paddr,
+    /// filesz, memsz)`, `len` bytes long, every byte past the headers
+    /// non-zero.
+    fn elf(phdrs: &[(u32, u64, u64, u64, u64)], len: usize) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+        f[..0x40].fill(0);
+        f[..4].copy_from_slice(&ELF_MAGIC);
+        f[4] = 2;
+        f[5] = 1;
+        f[0x12..0x14].copy_from_slice(&EM_X86_64.to_le_bytes());
+        f[0x18..0x20].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        f[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
+        for (i, &(kind, offset, paddr, filesz, memsz)) in phdrs.iter().enumerate() {
+            let ph = 0x40 + 56 * i;
+            f[ph..ph + 56].fill(0);
+            f[ph..ph + 4].copy_from_slice(&kind.to_le_bytes());
+            f[ph + 0x08..ph + 0x10].copy_from_slice(&offset.to_le_bytes());
+            f[ph + 0x18..ph + 0x20].copy_from_slice(&paddr.to_le_bytes());
+            f[ph + 0x20..ph + 0x28].copy_from_slice(&filesz.to_le_bytes());
+            f[ph + 0x28..ph + 0x30].copy_from_slice(&memsz.to_le_bytes());
+        }
+        f
+    }
+
+    fn note(kind: u32, name: &[u8], desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&kind.to_le_bytes());
+        n.extend_from_slice(name);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    }
+
+    #[test]
+    fn elf_segments_are_mapped_copy_on_write_and_equal_a_copy() {
+        let mut notes = note(1, b"GNU\0", &[1, 2, 3, 4, 5]);
+        notes.extend(note(
+            XEN_ELFNOTE_PHYS32_ENTRY,
+            b"Xen\0",
+            &0x20_0040u32.to_le_bytes(),
+        ));
+        let phdrs = [
+            // Page aligned: mapped; its last page is partly file, then bss.
+            (PT_LOAD, 0x1000, 0x20_0000, 0x1800, 0x3000),
+            // Not page aligned: copied.
+            (PT_LOAD, 0x3010, 0x30_0010, 0x100, 0x180),
+            (PT_NOTE, 0x4000, 0, notes.len() as u64, notes.len() as u64),
+        ];
+        let mut img = elf(&phdrs, 0x6000);
+        img[0x4000..0x4000 + notes.len()].copy_from_slice(&notes);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux-test");
+        std::fs::write(&path, &img).unwrap();
+
+        let load = |map: bool| {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+            let mut file = File::open(&path).unwrap();
+            let r = load_elf(&mem, &mut file, &path, map).unwrap();
+            (mem, r)
+        };
+        let (mapped, r) = load(true);
+        let (copied, r2) = load(false);
+        assert_eq!(r, r2);
+        assert_eq!(r.kernel_load, GuestAddress(0x20_0000));
+        assert_eq!(r.kernel_end, 0x30_0190);
+        assert_eq!(
+            r.pvh_boot_cap,
+            PvhBootCapability::PvhEntryPresent(GuestAddress(0x20_0040))
+        );
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert_eq!(
+            maps.lines()
+                .filter(|l| l.ends_with(path.to_str().unwrap()))
+                .count(),
+            1,
+            "exactly the aligned segment is mapped from the file:\n{maps}"
+        );
+
+        let read = |mem: &GuestMemoryMmap, at: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+            b
+        };
+        for mem in [&mapped, &copied] {
+            assert_eq!(read(mem, 0x20_0000, 0x1800), img[0x1000..0x2800]);
+            assert!(read(mem, 0x20_1800, 0x1800).iter().all(|&b| b == 0));
+            assert_eq!(read(mem, 0x30_0010, 0x100), img[0x3010..0x3110]);
+            assert!(read(mem, 0x30_0110, 0x80).iter().all(|&b| b == 0));
+        }
+        assert_eq!(read(&mapped, 0, 4 << 20), read(&copied, 0, 4 << 20));
+        // The guest writes to its private copy, never to the file.
+        mapped
+            .write_slice(&[0xee; 64], GuestAddress(0x20_0000))
+            .unwrap();
+        drop(mapped);
+        assert_eq!(std::fs::read(&path).unwrap(), img);
+    }
+
+    #[test]
+    fn hostile_elf_segments_and_notes_are_rejected() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (i, phdrs) in [
+            // Larger in the file than in memory.
+            vec![(PT_LOAD, 0x1000, 0x20_0000, 0x2000, 0x1000)],
+            // File range past the end of the file.
+            vec![(PT_LOAD, 0x1000, 0x20_0000, 0x10_0000, 0x10_0000)],
+            vec![(PT_NOTE, u64::MAX - 4, 0, 0x10, 0x10)],
+            // Below 1 MiB, and past guest memory.
+            vec![(PT_LOAD, 0x1000, 0x1000, 0x100, 0x100)],
+            vec![(PT_LOAD, 0x1000, 0x3f_f000, 0x100, 0x2000)],
+            // Wrapping around.
+            vec![(PT_LOAD, 0x1000, u64::MAX - 0xfff, 0x100, 0x2000)],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = dir.path().join(format!("k{i}"));
+            std::fs::write(&path, elf(&phdrs, 0x3000)).unwrap();
+            for map in [true, false] {
+                let err = load_elf(&mem, &mut File::open(&path).unwrap(), &path, map).unwrap_err();
+                assert!(matches!(err, Error::NotAKernel { .. }), "{i}: {err}");
+            }
+        }
+        // Notes: truncated, sizes that overflow, a short descriptor.
+        assert_eq!(pvh_entry(&[]), None);
+        assert_eq!(pvh_entry(&[1, 0, 0, 0]), None);
+        let mut huge = note(XEN_ELFNOTE_PHYS32_ENTRY, b"Xen\0", &[0; 4]);
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(pvh_entry(&huge), None);
+        huge[..4].copy_from_slice(&4u32.to_le_bytes());
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(pvh_entry(&huge), None);
+        assert_eq!(
+            pvh_entry(&note(XEN_ELFNOTE_PHYS32_ENTRY, b"Xen\0", &[1, 2])),
+            None
+        );
+        assert_eq!(
+            pvh_entry(&note(XEN_ELFNOTE_PHYS32_ENTRY, b"Xe\0", &[1, 2, 3, 4])),
+            None
+        );
     }
 
     #[test]

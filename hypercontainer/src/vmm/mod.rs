@@ -504,12 +504,20 @@ impl VmBuilder {
 
     /// The kernel image: an ELF `vmlinux` (booted through its PVH note) or
     /// a `bzImage`.
+    ///
+    /// A `vmlinux` is mapped into guest memory copy-on-write rather than
+    /// copied (unless [`hugepages`](Self::hugepages) is on), so VMs booting
+    /// the same file share its unmodified pages. Replace the file by
+    /// renaming a new one over it, never by rewriting it in place, while
+    /// VMs run from it.
     pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
         self.kernel = Some(path.into());
         self
     }
 
     /// An initramfs (cpio archive, optionally compressed) read from a file.
+    /// Mapped copy-on-write like the kernel: replace it by renaming, not in
+    /// place, while VMs boot from it.
     pub fn initramfs(mut self, path: impl Into<PathBuf>) -> Self {
         self.initramfs = Some(Initramfs::Path(path.into()));
         self
@@ -858,6 +866,7 @@ impl VmBuilder {
                     mem_size,
                     vcpus: self.vcpus,
                     cpu_signature: cpu::signature(&supported),
+                    map_kernel: !self.hugepages,
                 },
             )?;
             vec![mode]
