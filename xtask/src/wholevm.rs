@@ -133,7 +133,32 @@ fn tool(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs the given test binaries' ignored tests through the test host.
+///
+/// When the emulated host itself locks up (its heartbeat stops: an
+/// emulator failure, not a test's hang, which its job timeout catches while
+/// the heartbeat goes on), the run is repeated once in a fresh emulated
+/// host, saying so.
 pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
+    match run_once(mode.clone(), kernel, binaries) {
+        Err(e) if is_host_lockup(&e) => {
+            eprintln!(
+                "warning: {}\nwarning: running the whole-VM tests again in a fresh emulated host",
+                crate::util::report(&e)
+            );
+            run_once(mode, kernel, binaries)
+        }
+        other => other,
+    }
+}
+
+fn is_host_lockup(e: &crate::util::Error) -> bool {
+    matches!(
+        e,
+        crate::util::Error::TestHost(hypercontainer_testhost::Error::HostUnresponsive { .. })
+    )
+}
+
+fn run_once(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
     let mut builder = with_test_tools(
         TestHost::builder()
             .mode(mode)
