@@ -77,7 +77,7 @@ pub const MODE_ENV: &str = "HYPERCONTAINER_TESTHOST";
 /// x86 firmware QEMU may load from its data directory.
 /// How long the emulated host may go without a heartbeat
 /// ([`script::HEARTBEAT_SECS`]) before it counts as locked up.
-const HOST_SILENCE: Duration = Duration::from_secs(150);
+const HOST_SILENCE: Duration = Duration::from_secs(60);
 
 const QEMU_FIRMWARE: &[&str] = &[
     "bios-microvm.bin",
@@ -130,12 +130,15 @@ pub enum Error {
     /// The emulated host stopped answering: no heartbeat for `silent`.
     /// This is the emulator locking up (a job that hangs on its own is
     /// killed by its [`Job::timeout`] while the heartbeat goes on).
-    #[error("the emulated host stopped responding (no heartbeat for {silent:?}) while {during}; last console lines:\n{tail}")]
+    #[error("the emulated host stopped responding (no heartbeat for {silent:?}) while {during}; emulator state: {state}; last console lines:\n{tail}")]
     HostUnresponsive {
         /// What was running.
         during: String,
         /// How long it was silent.
         silent: Duration,
+        /// What the emulator was doing: its CPU use and the emulated CPU's
+        /// registers, from the QEMU monitor.
+        state: String,
         /// The last console lines.
         tail: String,
     },
@@ -851,6 +854,7 @@ impl TestHost {
             size as f64 / (1024.0 * 1024.0),
             start.elapsed().as_secs_f64()
         ));
+        let monitor = dir.path().join("monitor.sock");
         let mut cmd = Command::new(&self.qemu);
         cmd.args(["-accel", "tcg", "-cpu", "max"])
             .args(["-smp", &self.cpus.to_string()])
@@ -867,6 +871,8 @@ impl TestHost {
             .arg("-initrd")
             .arg(&cpio)
             .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -926,6 +932,7 @@ impl TestHost {
                     return Err(Error::HostUnresponsive {
                         during: during(&current, &results, host_boot),
                         silent,
+                        state: emulator_state(child.0.id(), &monitor),
                         tail: tail.join("\n"),
                     });
                 }
@@ -1037,6 +1044,57 @@ impl TestHost {
 }
 
 /// Kills and reaps the child if it is still running when dropped.
+/// Describes a silent emulator: how busy its process is (CPU time over
+/// one second) and, from its monitor, the state of the emulated CPUs.
+fn emulator_state(pid: u32, monitor: &Path) -> String {
+    let cpu_ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let busy = match (cpu_ticks(), {
+        std::thread::sleep(Duration::from_secs(1));
+        cpu_ticks()
+    }) {
+        // Clock ticks are 1/100 s on Linux.
+        (Some(a), Some(b)) => format!("QEMU used {}% CPU over 1 s", b.saturating_sub(a)),
+        _ => "QEMU CPU use unknown".to_string(),
+    };
+    let regs = (|| -> std::io::Result<String> {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(monitor)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.write_all(b"info registers -a\n")?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let text = String::from_utf8_lossy(&out);
+        // Keep the registers that say where the CPU is and whether it
+        // halted.
+        Ok(text
+            .lines()
+            .filter(|l| {
+                ["CPU#", "RIP=", "EFL=", "CS =", "CR0=", "EFER="]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect::<Vec<_>>()
+            .join(" | "))
+    })()
+    .unwrap_or_else(|e| format!("monitor unavailable: {e}"));
+    format!("{busy}; {regs}")
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {

@@ -46,7 +46,7 @@ pub struct ScriptSpec {
 }
 
 /// Seconds between two heartbeat markers of the emulated host.
-pub const HEARTBEAT_SECS: u64 = 15;
+pub const HEARTBEAT_SECS: u64 = 5;
 
 /// The marker token of a run.
 pub fn token(nonce: &str) -> String {

@@ -151,6 +151,15 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
     }
 }
 
+/// CPUs of the emulated host: `HYPERCONTAINER_TESTHOST_CPUS`, else 1.
+fn testhost_cpus() -> u32 {
+    std::env::var("HYPERCONTAINER_TESTHOST_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
 fn is_host_lockup(e: &crate::util::Error) -> bool {
     matches!(
         e,
@@ -165,6 +174,7 @@ fn run_once(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result
             .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
             .env("RUST_BACKTRACE", "1")
             .timeout(Duration::from_secs(40 * 60))
+            .cpus(testhost_cpus())
             .echo(Some("  vm| ")),
     )?;
     for b in binaries {
