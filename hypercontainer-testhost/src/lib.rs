@@ -870,7 +870,7 @@ impl TestHost {
             .arg(&assets.kernel)
             .arg("-initrd")
             .arg(&cpio)
-            .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+            .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1 nokaslr"])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .stdin(Stdio::piped())

@@ -136,20 +136,26 @@ fn tool(name: &str) -> Option<PathBuf> {
 ///
 /// When the emulated host itself locks up (its heartbeat stops: an
 /// emulator failure, not a test's hang, which its job timeout catches while
-/// the heartbeat goes on), the run is repeated once in a fresh emulated
-/// host, saying so.
+/// the heartbeat goes on), the run is repeated in a fresh emulated host, up
+/// to [`LOCKUP_RETRIES`] times, saying so.
 pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
-    match run_once(mode.clone(), kernel, binaries) {
-        Err(e) if is_host_lockup(&e) => {
-            eprintln!(
-                "warning: {}\nwarning: running the whole-VM tests again in a fresh emulated host",
-                crate::util::report(&e)
-            );
-            run_once(mode, kernel, binaries)
+    let mut tries = 0;
+    loop {
+        match run_once(mode.clone(), kernel, binaries) {
+            Err(e) if is_host_lockup(&e) && tries < LOCKUP_RETRIES => {
+                tries += 1;
+                eprintln!(
+                    "warning: {}\nwarning: running the whole-VM tests again in a fresh emulated host ({tries} of {LOCKUP_RETRIES})",
+                    crate::util::report(&e)
+                );
+            }
+            other => return other,
         }
-        other => other,
     }
 }
+
+/// How many times a run whose emulated host locked up is repeated.
+const LOCKUP_RETRIES: u32 = 2;
 
 /// CPUs of the emulated host: `HYPERCONTAINER_TESTHOST_CPUS`, else 1.
 fn testhost_cpus() -> u32 {
