@@ -12,6 +12,10 @@
 //!   `KVM_RUN`, then stopped. Also prints the VMM's resident memory outside
 //!   guest RAM per VM.
 //!
+//! `HYPERCONTAINER_SHARE_PAIRS=N` adds N alternating pairs of starts that
+//! copy the kernel and share its pages
+//! (`SandboxBuilder::share_kernel_pages`), with the medians of each.
+//!
 //! Inputs: `HYPERCONTAINER_TEST_IMAGE` (the busybox oci-archive, made by
 //! `cargo xtask`; default: the cached one), `HYPERCONTAINER_KERNEL`,
 //! `HYPERCONTAINER_AGENT` (defaults: the SDK's cache).
@@ -28,6 +32,7 @@ use hypercontainer::vmm::{BlockConfig, VmBuilder};
 
 static STARTS: Mutex<Vec<(Duration, BootTimings)>> = Mutex::new(Vec::new());
 static HOST: Mutex<Vec<(Duration, u64)>> = Mutex::new(Vec::new());
+static PAIRS: Mutex<Vec<(bool, (Duration, BootTimings))>> = Mutex::new(Vec::new());
 
 fn image_archive() -> PathBuf {
     if let Some(p) = std::env::var_os("HYPERCONTAINER_TEST_IMAGE").filter(|v| !v.is_empty()) {
@@ -47,12 +52,19 @@ fn image_ref() -> ImageRef {
     }
 }
 
+/// Whether the criterion run shares kernel pages (the default;
+/// `HYPERCONTAINER_BENCH_SHARE_KERNEL=0` copies instead).
+fn share_kernel() -> bool {
+    std::env::var("HYPERCONTAINER_BENCH_SHARE_KERNEL").as_deref() != Ok("0")
+}
+
 /// One cold start: `start()` to the first stdout byte.
-fn cold_start() -> (Duration, BootTimings) {
+fn cold_start(share_kernel_pages: bool) -> (Duration, BootTimings) {
     let t0 = Instant::now();
     let s = Sandbox::builder()
         .image(image_ref())
         .cmd(["echo", "hi"])
+        .share_kernel_pages(share_kernel_pages)
         .start()
         .unwrap_or_else(|e| panic!("start: {e}"));
     let mut out = s.stdout().unwrap();
@@ -69,7 +81,7 @@ fn sandbox_benches(c: &mut Criterion) {
         return;
     }
     // Warm the image store, the agent initramfs and the page cache.
-    cold_start();
+    cold_start(share_kernel());
     let mut g = c.benchmark_group("sandbox");
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(10)
@@ -79,7 +91,7 @@ fn sandbox_benches(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let (d, t) = cold_start();
+                let (d, t) = cold_start(share_kernel());
                 STARTS.lock().unwrap().push((d, t));
                 total += d;
             }
@@ -87,6 +99,18 @@ fn sandbox_benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Copying against sharing kernel pages, alternating starts in this one
+    // host so that both see the same conditions.
+    let pairs: usize = std::env::var("HYPERCONTAINER_SHARE_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..pairs {
+        for share in [false, true] {
+            PAIRS.lock().unwrap().push((share, cold_start(share)));
+        }
+    }
 }
 
 /// The host-side part of a start, up to the first `KVM_RUN`, and the VMM's
@@ -161,15 +185,15 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn report() {
-    let starts = STARTS.lock().unwrap().clone();
+/// Prints the median start and the median of every boot stage.
+fn print_starts(label: &str, starts: &[(Duration, BootTimings)]) {
     if !starts.is_empty() {
         let t: Vec<&BootTimings> = starts.iter().map(|(_, t)| t).collect();
         let m = |f: &dyn Fn(&BootTimings) -> Option<Duration>| {
             median(t.iter().filter_map(|x| f(x)).collect())
         };
         println!(
-            "cold start, {} starts: median start() to first stdout byte {}",
+            "{label}, {} starts: median start() to first stdout byte {}",
             starts.len(),
             ms(median(starts.iter().map(|(d, _)| *d).collect()))
         );
@@ -210,6 +234,28 @@ fn report() {
             "    host  first output byte      {}",
             ms(m(&|x| x.first_output))
         );
+    }
+}
+
+fn report() {
+    let starts = STARTS.lock().unwrap().clone();
+    let mode = if share_kernel() {
+        "sharing kernel pages"
+    } else {
+        "copying the kernel"
+    };
+    print_starts(&format!("cold start ({mode})"), &starts);
+    let pairs = PAIRS.lock().unwrap().clone();
+    for (share, label) in [
+        (false, "copying the kernel"),
+        (true, "sharing kernel pages"),
+    ] {
+        let runs: Vec<_> = pairs
+            .iter()
+            .filter(|(s, _)| *s == share)
+            .map(|(_, r)| *r)
+            .collect();
+        print_starts(&format!("alternating pairs, {label}"), &runs);
     }
     let host = HOST.lock().unwrap().clone();
     if !host.is_empty() {

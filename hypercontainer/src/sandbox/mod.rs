@@ -226,6 +226,7 @@ pub struct SandboxBuilder {
     overrides: ProcessOverrides,
     vcpus: u32,
     memory_mib: u64,
+    share_kernel_pages: bool,
     hostname: Option<String>,
     stdin: bool,
     tty: Option<WindowSize>,
@@ -245,6 +246,7 @@ impl std::fmt::Debug for SandboxBuilder {
             .field("overrides", &self.overrides)
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
+            .field("share_kernel_pages", &self.share_kernel_pages)
             .finish_non_exhaustive()
     }
 }
@@ -257,6 +259,7 @@ impl Default for SandboxBuilder {
             overrides: ProcessOverrides::new(),
             vcpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
+            share_kernel_pages: true,
             hostname: None,
             stdin: false,
             tty: None,
@@ -324,6 +327,14 @@ impl SandboxBuilder {
     /// Guest memory in MiB (default [`DEFAULT_MEMORY_MIB`]).
     pub fn memory_mib(mut self, mib: u64) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Share the guest kernel's and agent initramfs's unmodified pages with
+    /// the other sandboxes instead of copying them into this one's memory
+    /// (default on); see [`VmBuilder::share_kernel_pages`].
+    pub fn share_kernel_pages(mut self, on: bool) -> Self {
+        self.share_kernel_pages = on;
         self
     }
 
@@ -468,7 +479,8 @@ impl SandboxBuilder {
             .initramfs(&initramfs.path)
             .cmdline(SANDBOX_CMDLINE)
             .memory_mib(self.memory_mib)
-            .vcpus(self.vcpus);
+            .vcpus(self.vcpus)
+            .share_kernel_pages(self.share_kernel_pages);
         if let Some(c) = self.console {
             b = b.console(BoxedSink(c));
         }
