@@ -36,6 +36,12 @@ fn nightly_cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.arg("+nightly").current_dir(repo_root().join("fuzz"));
     cmd.env_remove("RUSTUP_TOOLCHAIN");
+    // The instrumented build of the dependencies takes minutes: keep it in
+    // the cache, next to the guest kernel, so that a fresh checkout only
+    // rebuilds the workspace's own crates.
+    if let Ok(cache) = hypercontainer::kernel::cache_dir() {
+        cmd.env("CARGO_TARGET_DIR", cache.join("fuzz-target"));
+    }
     cmd
 }
 
