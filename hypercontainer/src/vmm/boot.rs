@@ -84,6 +84,20 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
+fn not_a_kernel(path: &Path, why: &str) -> Error {
+    Error::NotAKernel {
+        path: path.to_path_buf(),
+        reason: why.to_string(),
+    }
+}
+
+fn read_error(path: &Path) -> impl Fn(std::io::Error) -> Error + Copy + '_ {
+    move |source| Error::KernelRead {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// One program header of an ELF image, checked against the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
@@ -104,14 +118,8 @@ fn elf_segments<F: Read + Seek>(
     len: u64,
     path: &Path,
 ) -> Result<Vec<Segment>> {
-    let not = |why: &str| Error::NotAKernel {
-        path: path.to_path_buf(),
-        reason: why.to_string(),
-    };
-    let io = |e| Error::KernelRead {
-        path: path.to_path_buf(),
-        source: e,
-    };
+    let not = |why: &str| not_a_kernel(path, why);
+    let io = read_error(path);
     if u16_at(head, 0x12) != Some(EM_X86_64) {
         return Err(not("not an x86-64 ELF"));
     }
@@ -163,14 +171,8 @@ fn elf_segments<F: Read + Seek>(
 /// Reads a kernel image's headers: its kind and the memory it needs.
 /// Never trusts the file: malformed headers give [`Error::NotAKernel`].
 pub fn inspect<F: Read + Seek>(image: &mut F, path: &Path) -> Result<KernelInfo> {
-    let not = |why: &str| Error::NotAKernel {
-        path: path.to_path_buf(),
-        reason: why.to_string(),
-    };
-    let io = |e| Error::KernelRead {
-        path: path.to_path_buf(),
-        source: e,
-    };
+    let not = |why: &str| not_a_kernel(path, why);
+    let io = read_error(path);
     let len = image.seek(SeekFrom::End(0)).map_err(io)?;
     image.rewind().map_err(io)?;
     let mut head = vec![0u8; 0x400.min(len as usize)];
@@ -357,14 +359,8 @@ fn load_elf(
     path: &Path,
     map: bool,
 ) -> Result<KernelLoaderResult> {
-    let not = |why: &str| Error::NotAKernel {
-        path: path.to_path_buf(),
-        reason: why.to_string(),
-    };
-    let io = |e| Error::KernelRead {
-        path: path.to_path_buf(),
-        source: e,
-    };
+    let not = |why: &str| not_a_kernel(path, why);
+    let io = read_error(path);
     let len = file.metadata().map_err(io)?.len();
     let mut head = [0u8; 0x40];
     file.rewind().map_err(io)?;
