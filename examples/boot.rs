@@ -4,13 +4,16 @@
 //! ```text
 //! cargo run -p hypercontainer-examples --example boot -- \
 //!     --kernel vmlinux [--initrd initramfs.cpio] [--cmdline "..."] \
-//!     [--cpus N] [--memory MIB] [--timeout SECS] [--report]
+//!     [--cpus N] [--memory MIB] [--timeout SECS] [--report] [--timestamps]
 //! ```
 //!
 //! `--kernel` defaults to the SDK's cached kernel (`cargo xtask kernel`).
 //! `--report` prints, on stderr, the host-side setup time (from `build()`
 //! to the first `KVM_RUN`) and the process's resident memory outside guest
-//! RAM.
+//! RAM. `--timestamps` starts every console line with the host time since
+//! `build()` was called, to see where a boot spends its time (add
+//! `earlyprintk=ttyS0` to the command line to see the kernel's first
+//! messages as they happen).
 //!
 //! Exit codes: 0 the guest reset or powered off; 2 it triple-faulted or
 //! crashed; 3 its kernel panicked; 4 timeout; 1 any other error (printed).
@@ -18,7 +21,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hypercontainer::vmm::{self, Error, ExitReason, SystemEvent, VmBuilder};
 
@@ -30,10 +33,11 @@ struct Args {
     memory: u64,
     timeout: Option<u64>,
     report: bool,
+    timestamps: bool,
 }
 
 const USAGE: &str = "usage: boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] \
-                     [--memory MIB] [--timeout SECS] [--report]";
+                     [--memory MIB] [--timeout SECS] [--report] [--timestamps]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -44,6 +48,7 @@ fn parse() -> Result<Args, String> {
         memory: vmm::DEFAULT_MEMORY_MIB,
         timeout: None,
         report: false,
+        timestamps: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +63,7 @@ fn parse() -> Result<Args, String> {
                 a.timeout = Some(value()?.parse().map_err(|e| format!("--timeout: {e}"))?)
             }
             "--report" => a.report = true,
+            "--timestamps" => a.timestamps = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -83,11 +89,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut builder = VmBuilder::new()
+    let builder = VmBuilder::new()
         .kernel(kernel)
         .vcpus(args.cpus)
-        .memory_mib(args.memory)
-        .console_writer(std::io::stdout());
+        .memory_mib(args.memory);
+    let mut builder = if args.timestamps {
+        builder.console_writer(Stamped::new(std::io::stdout()))
+    } else {
+        builder.console_writer(std::io::stdout())
+    };
     if let Some(i) = args.initrd {
         builder = builder.initramfs(i);
     }
@@ -134,6 +144,41 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Starts every line written through it with the time since its creation.
+struct Stamped<W> {
+    inner: W,
+    start: Instant,
+    line_start: bool,
+}
+
+impl<W: Write> Stamped<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            start: Instant::now(),
+            line_start: true,
+        }
+    }
+}
+
+impl<W: Write> Write for Stamped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in buf.split_inclusive(|&b| b == b'\n') {
+            if self.line_start {
+                let t = self.start.elapsed().as_secs_f64();
+                write!(self.inner, "[host {t:8.3}] ")?;
+            }
+            self.inner.write_all(line)?;
+            self.line_start = line.ends_with(b"\n");
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
