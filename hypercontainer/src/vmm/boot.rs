@@ -678,20 +678,10 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
+    /// An ELF with one `PT_LOAD` segment (nothing in the file) at `paddr`,
+    /// `memsz` bytes long.
     fn elf_with_segment(paddr: u64, memsz: u64) -> Vec<u8> {
-        let mut f = vec![0u8; 0x200];
-        f[..4].copy_from_slice(&ELF_MAGIC);
-        f[4] = 2;
-        f[5] = 1;
-        f[0x12..0x14].copy_from_slice(&EM_X86_64.to_le_bytes());
-        f[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
-        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        let ph = 0x40;
-        f[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        f[ph + 0x18..ph + 0x20].copy_from_slice(&paddr.to_le_bytes());
-        f[ph + 0x28..ph + 0x30].copy_from_slice(&memsz.to_le_bytes());
-        f
+        elf(&[(PT_LOAD, 0, paddr, 0, memsz)], 0x200)
     }
 
     #[test]

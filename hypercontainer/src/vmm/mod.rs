@@ -1155,12 +1155,12 @@ impl Vm {
     /// device event loop.
     fn stop_threads(&mut self) -> Result<()> {
         self.control.finish(Ok(ExitReason::Stopped));
-        if self.threads.is_empty() {
-            // Joined (or given up on) before.
-            self.devices.stop();
-            return Ok(());
-        }
-        let stuck = self.control.wait_vcpus_gone(STOP_GRACE);
+        // No threads left: joined (or given up on) before; don't wait again.
+        let stuck = if self.threads.is_empty() {
+            Vec::new()
+        } else {
+            self.control.wait_vcpus_gone(STOP_GRACE)
+        };
         for (i, h) in self.threads.drain(..).enumerate() {
             if stuck.iter().all(|(v, _)| *v as usize != i) {
                 // Panics were caught inside the thread; a join error cannot

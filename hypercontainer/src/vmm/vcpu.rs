@@ -429,21 +429,17 @@ impl Control {
 
     /// Called at every stop point of a vCPU: parks it while paused.
     /// Returns `false` when the vCPU must leave its loop.
-    fn checkpoint(&self, index: Option<usize>) -> bool {
+    fn checkpoint(&self, index: usize) -> bool {
         let mut st = relock(&self.state);
         if st.pause && !st.done {
-            if let Some(i) = index {
-                self.set_activity(i, Activity::Paused);
-            }
+            self.set_activity(index, Activity::Paused);
             st.paused += 1;
             self.cv.notify_all();
             while st.pause && !st.done {
                 st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
             st.paused -= 1;
-            if let Some(i) = index {
-                self.set_activity(i, Activity::Host);
-            }
+            self.set_activity(index, Activity::Host);
         }
         !st.done
     }
@@ -507,7 +503,7 @@ pub fn thread_main(mut vcpu: Vcpu, control: Arc<Control>) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut halted = false;
         loop {
-            if control.attention.load(Ordering::SeqCst) && !control.checkpoint(Some(slot)) {
+            if control.attention.load(Ordering::SeqCst) && !control.checkpoint(slot) {
                 break;
             }
             if index == 0 {
