@@ -140,6 +140,42 @@ impl BusyboxLayout {
     }
 }
 
+/// Builds the image once into `<scratch>/<name>-v<RECIPE_VERSION>` and
+/// returns that directory: as it is when it already exists; otherwise the
+/// layout is built ([`build_busybox_layout`]) in a temporary sibling,
+/// `finish` adds what the caller needs next to it (an archive, an unpacked
+/// bundle), and the sibling is renamed into place. Several processes may
+/// race; the first rename wins and every copy is equally good, so a
+/// complete directory is all anyone ever sees.
+pub fn build_once(
+    scratch: &Path,
+    name: &str,
+    finish: impl FnOnce(&Path, &BusyboxLayout) -> io::Result<()>,
+) -> io::Result<PathBuf> {
+    let done = scratch.join(format!("{name}-v{RECIPE_VERSION}"));
+    if done.is_dir() {
+        return Ok(done);
+    }
+    let tmp = scratch.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let res = build_busybox_layout(&tmp, Path::new(DEFAULT_BUSYBOX))
+        .and_then(|image| finish(&tmp, &image));
+    if res.is_ok() && fs::rename(&tmp, &done).is_ok() {
+        return Ok(done);
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    res.and_then(|()| {
+        if done.is_dir() {
+            Ok(done)
+        } else {
+            Err(io::Error::other(format!(
+                "could not move the test image into {}",
+                done.display()
+            )))
+        }
+    })
+}
+
 /// Builds the busybox test image (see the [module docs](self)) as an OCI
 /// layout at `<work>/layout`, copying the static busybox at `busybox`
 /// (usually [`DEFAULT_BUSYBOX`]).

@@ -38,26 +38,11 @@ pub fn image_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
         let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = scratch.join(format!("agent-test-image-v{}", testimage::RECIPE_VERSION));
-        let rootfs = done.join("bundle/rootfs");
-        if rootfs.join("bin/busybox").exists() {
-            return rootfs;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("agent-test-image.")
-            .tempdir_in(scratch)
-            .unwrap();
-        let image =
-            testimage::build_busybox_layout(dir.path(), Path::new(testimage::DEFAULT_BUSYBOX))
-                .unwrap_or_else(|e| panic!("building the test image: {e}"));
-        image
-            .unpack(&dir.path().join("bundle"))
-            .unwrap_or_else(|e| panic!("unpacking the test image: {e}"));
-        // Another test binary may have won the race; either copy is good.
-        if std::fs::rename(dir.path(), &done).is_ok() {
-            let _ = dir.keep();
-        }
-        rootfs
+        testimage::build_once(scratch, "agent-test-image", |dir, image| {
+            image.unpack(&dir.join("bundle")).map(drop)
+        })
+        .unwrap_or_else(|e| panic!("building the test image: {e}"))
+        .join("bundle/rootfs")
     })
 }
 

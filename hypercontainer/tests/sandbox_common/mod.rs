@@ -23,25 +23,11 @@ pub fn image_archive() -> &'static Path {
             return PathBuf::from(p);
         }
         let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = scratch.join(format!("sandbox-test-image-v{}", testimage::RECIPE_VERSION));
-        let archive = done.join("busybox.oci.tar");
-        if archive.is_file() {
-            return archive;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("sandbox-test-image.")
-            .tempdir_in(scratch)
-            .unwrap();
-        let image =
-            testimage::build_busybox_layout(dir.path(), Path::new(testimage::DEFAULT_BUSYBOX))
-                .unwrap_or_else(|e| panic!("building the test image: {e}"));
-        image
-            .write_archive(&dir.path().join("busybox.oci.tar"))
-            .unwrap_or_else(|e| panic!("writing the test image archive: {e}"));
-        if std::fs::rename(dir.path(), &done).is_ok() {
-            let _ = dir.keep();
-        }
-        archive
+        testimage::build_once(scratch, "sandbox-test-image", |dir, image| {
+            image.write_archive(&dir.join("busybox.oci.tar"))
+        })
+        .unwrap_or_else(|e| panic!("building the test image: {e}"))
+        .join("busybox.oci.tar")
     })
 }
 
