@@ -631,6 +631,9 @@ fn echo_a_few_mib_both_ways() {
                 w.write_all(&buf[..n]).unwrap();
                 n_total += n;
             }
+            // Handed back so the connection stays open until the checks
+            // below: closing it ends the connection (SHUTDOWN, then RST).
+            w
         })
     };
 
@@ -678,8 +681,11 @@ fn echo_a_few_mib_both_ways() {
             h.give_rx(1);
         }
     }
-    echo.join().unwrap();
+    let stream = echo.join().unwrap();
     assert_eq!(got.len(), TOTAL);
     assert!(got == data, "echoed data differs");
-    assert_eq!(h.stats().rst_sent, 0);
+    let stats = h.stats();
+    assert_eq!(stats.rst_sent, 0, "{stats:?}");
+    assert_eq!(stats.bytes_from_guest, TOTAL as u64);
+    drop(stream);
 }
