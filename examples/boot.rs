@@ -21,8 +21,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hypercontainer::vmm::console::Timestamped;
 use hypercontainer::vmm::{self, Error, ExitReason, SystemEvent, VmBuilder};
 
 struct Args {
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
         .vcpus(args.cpus)
         .memory_mib(args.memory);
     let mut builder = if args.timestamps {
-        builder.console_writer(Stamped::new(std::io::stdout()))
+        builder.console_writer(Timestamped::new(std::io::stdout()))
     } else {
         builder.console_writer(std::io::stdout())
     };
@@ -144,41 +145,6 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => fail(&e),
-    }
-}
-
-/// Starts every line written through it with the time since its creation.
-struct Stamped<W> {
-    inner: W,
-    start: Instant,
-    line_start: bool,
-}
-
-impl<W: Write> Stamped<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            start: Instant::now(),
-            line_start: true,
-        }
-    }
-}
-
-impl<W: Write> Write for Stamped<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for line in buf.split_inclusive(|&b| b == b'\n') {
-            if self.line_start {
-                let t = self.start.elapsed().as_secs_f64();
-                write!(self.inner, "[host {t:8.3}] ")?;
-            }
-            self.inner.write_all(line)?;
-            self.line_start = line.ends_with(b"\n");
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -11,13 +11,17 @@
 //! `oci-archive:PATH[:TAG]` or `docker-archive:PATH[:REF]`. `-i` forwards
 //! stdin; `-t` runs the process on a terminal (the local terminal is put in
 //! raw mode while it runs). `--timings` prints the boot-stage timings on
-//! stderr at the end. Errors print on stderr and exit with 125, as
-//! `docker run` does.
+//! stderr at the end. `--console` copies the guest's serial console to
+//! stderr, each line stamped with the host time since the start;
+//! `--kernel-arg ARG` (repeatable) appends to the guest kernel's command
+//! line (`--console --kernel-arg loglevel=7` traces a boot). Errors print
+//! on stderr and exit with 125, as `docker run` does.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use hypercontainer::sandbox::{Output, Sandbox};
+use hypercontainer::vmm::console::Timestamped;
 
 struct Args {
     cpus: u32,
@@ -28,12 +32,14 @@ struct Args {
     interactive: bool,
     tty: bool,
     timings: bool,
+    console: bool,
+    kernel_args: Vec<String>,
     image: String,
     cmd: Vec<String>,
 }
 
 const USAGE: &str = "usage: run [--cpus N] [--memory MIB] [-e K=V] [-w DIR] [-u USER] [-i] [-t] \
-                     [--timings] IMAGE [CMD...]";
+                     [--timings] [--console] [--kernel-arg ARG] IMAGE [CMD...]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -45,6 +51,8 @@ fn parse() -> Result<Args, String> {
         interactive: false,
         tty: false,
         timings: false,
+        console: false,
+        kernel_args: Vec::new(),
         image: String::new(),
         cmd: Vec::new(),
     };
@@ -82,6 +90,8 @@ fn parse() -> Result<Args, String> {
                 a.tty = true
             }
             "--timings" => a.timings = true,
+            "--console" => a.console = true,
+            "--kernel-arg" => a.kernel_args.push(value(&mut it, "--kernel-arg")?),
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             _ => {
@@ -170,6 +180,12 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     if a.tty {
         let (rows, cols) = window_size();
         b = b.tty(rows, cols);
+    }
+    if a.console {
+        b = b.console_writer(Timestamped::new(std::io::stderr()));
+    }
+    for arg in a.kernel_args {
+        b = b.kernel_arg(arg);
     }
     let sandbox = b.start()?;
     let _raw = (a.tty && a.interactive).then(RawMode::enter);

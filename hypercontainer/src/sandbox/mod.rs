@@ -236,6 +236,7 @@ pub struct SandboxBuilder {
     stdout: Output,
     stderr: Output,
     console: Option<Box<dyn ConsoleSink>>,
+    kernel_args: Vec<String>,
     boot_timeout: Duration,
 }
 
@@ -269,6 +270,7 @@ impl Default for SandboxBuilder {
             stdout: Output::Piped,
             stderr: Output::Piped,
             console: None,
+            kernel_args: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
         }
     }
@@ -395,6 +397,19 @@ impl SandboxBuilder {
         self
     }
 
+    /// Appends an argument to the guest kernel's command line (after
+    /// [`SANDBOX_CMDLINE`]), e.g. `loglevel=7` to see the kernel's boot
+    /// messages on the console, or a module parameter.
+    ///
+    /// ```
+    /// # use hypercontainer::sandbox::Sandbox;
+    /// let b = Sandbox::builder().kernel_arg("loglevel=7");
+    /// ```
+    pub fn kernel_arg(mut self, arg: impl Into<String>) -> Self {
+        self.kernel_args.push(arg.into());
+        self
+    }
+
     /// Time allowed from `start()` until the agent says hello (default
     /// [`DEFAULT_BOOT_TIMEOUT`]).
     pub fn boot_timeout(mut self, t: Duration) -> Self {
@@ -474,10 +489,15 @@ impl SandboxBuilder {
             .and_then(parse_signal)
             .unwrap_or(libc::SIGTERM);
 
+        let mut cmdline = SANDBOX_CMDLINE.to_string();
+        for a in &self.kernel_args {
+            cmdline.push(' ');
+            cmdline.push_str(a);
+        }
         let mut b = VmBuilder::new()
             .kernel(&kernel)
             .initramfs(&initramfs.path)
-            .cmdline(SANDBOX_CMDLINE)
+            .cmdline(cmdline)
             .memory_mib(self.memory_mib)
             .vcpus(self.vcpus)
             .share_kernel_pages(self.share_kernel_pages);

@@ -48,6 +48,69 @@ impl ConsoleSink for Sender<Vec<u8>> {
     }
 }
 
+/// A writer that starts every line with the host time elapsed since it was
+/// created, for tracing where a boot spends its time (the guest kernel's
+/// own timestamps run on the guest's clock).
+///
+/// ```
+/// use std::io::Write;
+/// use hypercontainer::vmm::console::Timestamped;
+///
+/// let mut out = Timestamped::new(Vec::new());
+/// out.write_all(b"one\ntw").unwrap();
+/// out.write_all(b"o\n").unwrap();
+/// let text = String::from_utf8(out.into_inner()).unwrap();
+/// let lines: Vec<&str> = text.lines().collect();
+/// assert_eq!(lines.len(), 2);
+/// assert!(lines[0].starts_with("[host ") && lines[0].ends_with("] one"));
+/// assert!(lines[1].ends_with("] two"));
+/// ```
+#[derive(Debug)]
+pub struct Timestamped<W> {
+    inner: W,
+    start: std::time::Instant,
+    line_start: bool,
+}
+
+impl<W: Write> Timestamped<W> {
+    /// Stamps lines written to `inner` with the time since now.
+    pub fn new(inner: W) -> Self {
+        Self::since(inner, std::time::Instant::now())
+    }
+
+    /// Stamps lines written to `inner` with the time since `start`.
+    pub fn since(inner: W, start: std::time::Instant) -> Self {
+        Self {
+            inner,
+            start,
+            line_start: true,
+        }
+    }
+
+    /// The wrapped writer.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for Timestamped<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for line in buf.split_inclusive(|&b| b == b'\n') {
+            if self.line_start {
+                let t = self.start.elapsed().as_secs_f64();
+                write!(self.inner, "[host {t:8.3}] ")?;
+            }
+            self.inner.write_all(line)?;
+            self.line_start = line.ends_with(b"\n");
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A sink that drops everything (the tail is still kept).
 #[derive(Debug, Default)]
 pub struct NullSink;
