@@ -399,6 +399,7 @@ impl Agent {
         }
         self.started = true;
         self.main_id = Some(s.id);
+        crate::trace::trace!("start request received");
         if let Err(e) = rootfs::enter(&s.rootfs).and_then(|()| {
             rootfs::write_identity(&s.hostname, s.hosts.as_deref(), s.resolv_conf.as_deref())
         }) {
@@ -432,6 +433,7 @@ impl Agent {
     fn spawn(&mut self, id: ProcessId, p: &Process, main: bool) {
         match spawn::spawn(p) {
             Ok(s) => {
+                crate::trace::trace!("process {id} started (pid {})", s.pid);
                 if main {
                     self.send(&Message::BootStage {
                         stage: BootStage::ProcessExec,

@@ -28,6 +28,7 @@ mod agent;
 mod rootfs;
 mod spawn;
 mod sys;
+mod trace;
 mod user;
 
 use agent::{Agent, End, Mode};
@@ -94,8 +95,7 @@ fn vsock_connect() -> io::Result<OwnedFd> {
 
 /// The console named by `hypercontainer.agent_console=` on the kernel
 /// command line, if any.
-fn console_transport() -> Option<String> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+fn console_transport(cmdline: &str) -> Option<String> {
     cmdline
         .split_whitespace()
         .find_map(|a| a.strip_prefix("hypercontainer.agent_console="))
@@ -199,7 +199,10 @@ fn main() {
                 fatal(mode, "early mounts", &e);
             }
             sys::ensure_std_fds(c"/dev/console");
-            let conn = match console_transport() {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            trace::init_from_cmdline(&cmdline);
+            trace::trace!("started; early mounts done");
+            let conn = match console_transport(&cmdline) {
                 Some(name) => console_connect(&name),
                 None => vsock_connect(),
             };
@@ -214,6 +217,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => fatal(mode, "setting up", &e),
     };
+    trace::trace!("connected to the host");
     agent.greet(agent_start);
     let code = match agent.run() {
         End::MainExited => 0,

@@ -161,6 +161,7 @@ fn find_disk(serial: &str) -> Result<PathBuf> {
 
 fn mount_layer(serial: &str, target: &Path) -> Result<()> {
     let dev = find_disk(serial)?;
+    crate::trace::trace!("layer {serial} is {}", dev.display());
     let dev_s = dev.to_string_lossy().into_owned();
     let flags = libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID;
     let mut last = None;
@@ -187,6 +188,7 @@ fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
         let dir = work.join(format!("layer{i}"));
         mkdir_p(&dir)?;
         mount_layer(serial, &dir)?;
+        crate::trace::trace!("layer {serial} mounted");
         lower.push(dir);
     }
     if lower.is_empty() {
@@ -228,6 +230,7 @@ fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
         workdir.display()
     );
     mount("overlay", &root, Some("overlay"), 0, Some(&opts))?;
+    crate::trace::trace!("overlay mounted");
     Ok(root)
 }
 
@@ -337,11 +340,13 @@ pub fn enter(spec: &Rootfs) -> Result<()> {
         Rootfs::Layers { layers, upper } => assemble_layers(layers, upper)?,
     };
     container_mounts(&root)?;
+    crate::trace::trace!("container mounts done");
     std::env::set_current_dir(&root).ctx(|| format!("entering {}", root.display()))?;
     sys::pivot_root(Path::new("."), Path::new(".")).ctx(|| "pivot_root".into())?;
     // The old root is now stacked under the new one at "/": detach it.
     sys::umount2(Path::new("."), libc::MNT_DETACH).ctx(|| "detaching the old root".into())?;
     std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
+    crate::trace::trace!("entered the container root");
     Ok(())
 }
 
