@@ -12,6 +12,16 @@
 //!   `KVM_RUN`, then stopped. Also prints the VMM's resident memory outside
 //!   guest RAM per VM.
 //!
+//! - `qemu_microvm` peer: the same guest stack (kernel, agent initramfs,
+//!   EROFS layer disks, `echo hi`) booted by QEMU's microvm machine with
+//!   KVM, from spawning QEMU to the first stdout byte. QEMU has no in-process
+//!   vsock, so the agent speaks the same protocol over a virtio console
+//!   (`hypercontainer.agent_console=hvc0`) on a QEMU chardev socket; the
+//!   host side is the SDK's own `AgentClient`. Run as
+//!   `HYPERCONTAINER_COLD_PAIRS=N` (default 8 where `HYPERCONTAINER_QEMU` is
+//!   set) alternating (sandbox, QEMU) starts in this one host, so that both
+//!   see the same conditions; the medians and their ratio are printed.
+//!
 //! `HYPERCONTAINER_SHARE_PAIRS=N` adds N alternating pairs of starts that
 //! copy the kernel and share its pages
 //! (`SandboxBuilder::share_kernel_pages`), with the medians of each.
@@ -21,18 +31,23 @@
 //! `HYPERCONTAINER_AGENT` (defaults: the SDK's cache).
 
 use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, SamplingMode};
+use hypercontainer::agent_client::{AgentClient, Output as AgentOutput};
 use hypercontainer::host::{detect_kvm, KvmKind};
 use hypercontainer::sandbox::{BootTimings, ImageRef, ImageSource, ImageStore, Sandbox};
 use hypercontainer::vmm::{BlockConfig, VmBuilder};
+use hypercontainer_protocol::{Process, Rootfs, Start, Upper};
 
 static STARTS: Mutex<Vec<(Duration, BootTimings)>> = Mutex::new(Vec::new());
 static HOST: Mutex<Vec<(Duration, u64)>> = Mutex::new(Vec::new());
 static PAIRS: Mutex<Vec<(bool, (Duration, BootTimings))>> = Mutex::new(Vec::new());
+static PEER: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
 
 fn image_archive() -> PathBuf {
     if let Some(p) = std::env::var_os("HYPERCONTAINER_TEST_IMAGE").filter(|v| !v.is_empty()) {
@@ -75,6 +90,173 @@ fn cold_start(share_kernel_pages: bool) -> (Duration, BootTimings) {
     (took, s.boot_timings())
 }
 
+/// What the QEMU peer boots: the sandbox's own kernel, agent initramfs and
+/// layer disks.
+struct PeerInputs {
+    qemu: PathBuf,
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    layers: Vec<PathBuf>,
+}
+
+fn peer_inputs() -> Option<PeerInputs> {
+    let qemu = std::env::var_os("HYPERCONTAINER_QEMU").map(PathBuf::from)?;
+    let store_root = hypercontainer::kernel::cache_dir().ok()?.join("images");
+    let store = ImageStore::open(&store_root).ok()?;
+    let ImageRef::Source { source, reference } = image_ref() else {
+        unreachable!()
+    };
+    let image = store.import(&source, reference.as_deref()).ok()?;
+    let agent = hypercontainer::guest::default_agent().ok()?;
+    Some(PeerInputs {
+        qemu,
+        kernel: hypercontainer::kernel::default_kernel().ok()?,
+        initramfs: hypercontainer::guest::agent_initramfs(&agent).ok()?.path,
+        layers: image
+            .layers
+            .iter()
+            .map(|l| l.erofs_path.clone().expect("an EROFS layer disk"))
+            .collect(),
+    })
+}
+
+/// One cold start of the same guest stack under QEMU microvm: spawning
+/// QEMU to the first stdout byte of `echo hi`.
+fn qemu_cold_start(p: &PeerInputs) -> Duration {
+    let dir = std::env::temp_dir().join(format!("hc-cold-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("agent.sock");
+    let _ = std::fs::remove_file(&sock);
+    let t0 = Instant::now();
+    let mut cmd = Command::new(&p.qemu);
+    cmd.args([
+        "-M",
+        // Without ACPI QEMU lists its virtio-mmio devices on the kernel
+        // command line, as this VMM does.
+        "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-m",
+        &hypercontainer::sandbox::DEFAULT_MEMORY_MIB.to_string(),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "null",
+        "-no-reboot",
+        "-kernel",
+    ])
+    .arg(&p.kernel)
+    .arg("-initrd")
+    .arg(&p.initramfs)
+    .arg("-append")
+    .arg(format!(
+        "{} hypercontainer.agent_console=hvc0",
+        hypercontainer::sandbox::SANDBOX_CMDLINE
+    ))
+    .args(["-device", "virtio-serial-device"])
+    .arg("-chardev")
+    .arg(format!(
+        "socket,id=agent,path={},server=on,wait=off",
+        sock.display()
+    ))
+    .args(["-device", "virtconsole,chardev=agent"])
+    .args(["-device", "virtio-rng-device"]);
+    for (i, l) in p.layers.iter().enumerate() {
+        cmd.arg("-drive").arg(format!(
+            "if=none,id=d{i},file={},format=raw,readonly=on",
+            l.display()
+        ));
+        cmd.arg("-device")
+            .arg(format!("virtio-blk-device,drive=d{i},serial=layer{i}"));
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn QEMU");
+    let conn = loop {
+        match UnixStream::connect(&sock) {
+            Ok(c) => break c,
+            Err(e) if t0.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                panic!("QEMU's agent socket: {e}");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    let client = AgentClient::connect(conn, Duration::from_secs(30), None)
+        .unwrap_or_else(|e| panic!("agent under QEMU: {e}"));
+    let main = client
+        .start(
+            Start {
+                id: 0,
+                rootfs: Rootfs::Layers {
+                    layers: (0..p.layers.len()).map(|i| format!("layer{i}")).collect(),
+                    upper: Upper::Tmpfs,
+                },
+                process: Process {
+                    argv: vec!["echo".into(), "hi".into()],
+                    env: vec![
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                    ],
+                    cwd: "/".into(),
+                    ..Process::default()
+                },
+                hostname: "peer".into(),
+                hosts: None,
+                resolv_conf: None,
+            },
+            AgentOutput::Piped,
+            AgentOutput::Piped,
+        )
+        .unwrap_or_else(|e| panic!("start under QEMU: {e}"));
+    main.close_stdin().unwrap();
+    let mut out = main.stdout().unwrap();
+    let mut b = [0u8; 1];
+    out.read_exact(&mut b).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(main.wait().unwrap(), 0);
+    // The agent powers the VM off; QEMU exits on the reset (-no-reboot).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    took
+}
+
+/// Alternating (sandbox, QEMU peer) cold starts.
+fn peer_pairs() {
+    let Some(inputs) = peer_inputs() else {
+        eprintln!("qemu_microvm peer: skipped (set HYPERCONTAINER_QEMU)");
+        return;
+    };
+    let pairs: usize = std::env::var("HYPERCONTAINER_COLD_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    if pairs > 0 {
+        // Warm QEMU's binary and the page cache.
+        qemu_cold_start(&inputs);
+    }
+    for _ in 0..pairs {
+        let (ours, _) = cold_start(share_kernel());
+        let peer = qemu_cold_start(&inputs);
+        PEER.lock().unwrap().push((ours, peer));
+    }
+}
+
 fn sandbox_benches(c: &mut Criterion) {
     if detect_kvm() != KvmKind::Hardware {
         eprintln!("sandbox/start_to_first_stdout_byte: skipped (needs hardware KVM)");
@@ -111,6 +293,7 @@ fn sandbox_benches(c: &mut Criterion) {
             PAIRS.lock().unwrap().push((share, cold_start(share)));
         }
     }
+    peer_pairs();
 }
 
 /// The host-side part of a start, up to the first `KVM_RUN`, and the VMM's
@@ -256,6 +439,19 @@ fn report() {
             .map(|(_, r)| *r)
             .collect();
         print_starts(&format!("alternating pairs, {label}"), &runs);
+    }
+    let peer = PEER.lock().unwrap().clone();
+    if !peer.is_empty() {
+        let ours = median(peer.iter().map(|(o, _)| *o).collect());
+        let qemu = median(peer.iter().map(|(_, q)| *q).collect());
+        println!(
+            "alternating pairs, {} each: start to first stdout byte, sandbox median {}, same \
+             guest stack under QEMU microvm median {}; ratio {:.2}",
+            peer.len(),
+            ms(ours),
+            ms(qemu),
+            ours.as_secs_f64() / qemu.as_secs_f64()
+        );
     }
     let host = HOST.lock().unwrap().clone();
     if !host.is_empty() {
