@@ -201,6 +201,7 @@ pub fn cmd(args: &[String]) -> Result<()> {
         }
         Payload::Example { name, args } => {
             let exe = build_example(&name)?;
+            eprintln!("--- example: {name} {}", shell_words(&args));
             builder = crate::agent::with_sandbox_assets(builder)?;
             for a in archives_in(&args) {
                 builder = builder.include(a);
@@ -219,6 +220,23 @@ pub fn cmd(args: &[String]) -> Result<()> {
         return fail(format!("{} exited with {}", job.name, job.exit_code));
     }
     Ok(())
+}
+
+/// `args` as one line a shell would split back into them.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
