@@ -20,9 +20,12 @@
 //! `HYPERCONTAINER_BENCH_THP=0` turns off transparent hugepages for the
 //! guest memory.
 
+#[path = "common/qemu.rs"]
+mod qemu;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -153,35 +156,19 @@ fn vmm_boot_once(i: &Inputs) -> Duration {
 
 fn qemu_boot_once(i: &Inputs, qemu: &Path) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on,rtc=off",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-m",
-            &MEMORY_MIB.to_string(),
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&i.kernel)
-        .arg("-initrd")
-        .arg(&i.initramfs_path)
-        .arg("-append")
-        .arg(format!("{CMDLINE} reboot=t"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn QEMU");
+    let mut child = qemu::microvm(
+        qemu,
+        MEMORY_MIB,
+        &i.kernel,
+        &i.initramfs_path,
+        &format!("{CMDLINE} reboot=t"),
+    )
+    .args(["-serial", "stdio"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn QEMU");
     let mut out = child.stdout.take().unwrap();
     let mut window = Vec::new();
     let mut buf = [0u8; 4096];

@@ -33,10 +33,13 @@
 //! `cargo xtask`; default: the cached one), `HYPERCONTAINER_KERNEL`,
 //! `HYPERCONTAINER_AGENT` (defaults: the SDK's cache).
 
+#[path = "common/qemu.rs"]
+mod qemu;
+
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -132,44 +135,26 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
     let sock = dir.join("agent.sock");
     let _ = std::fs::remove_file(&sock);
     let t0 = Instant::now();
-    let mut cmd = Command::new(&p.qemu);
-    cmd.args([
-        "-M",
-        // Without ACPI QEMU lists its virtio-mmio devices on the kernel
-        // command line, as this VMM does.
-        "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
-        "-enable-kvm",
-        "-cpu",
-        "host",
-        "-m",
-        &hypercontainer::sandbox::DEFAULT_MEMORY_MIB.to_string(),
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "null",
-        "-no-reboot",
-        "-kernel",
-    ])
-    .arg(&p.kernel)
-    .arg("-initrd")
-    .arg(&p.initramfs)
-    .arg("-append")
-    .arg(format!(
+    let cmdline = format!(
         "{} hypercontainer.agent_console=hvc0",
         hypercontainer::sandbox::SANDBOX_CMDLINE
-    ))
-    .args(["-device", "virtio-serial-device"])
-    .arg("-chardev")
-    .arg(format!(
-        "socket,id=agent,path={},server=on,wait=off",
-        sock.display()
-    ))
-    .args(["-device", "virtconsole,chardev=agent"])
-    .args(["-device", "virtio-rng-device"]);
+    );
+    let mut cmd = qemu::microvm(
+        &p.qemu,
+        hypercontainer::sandbox::DEFAULT_MEMORY_MIB,
+        &p.kernel,
+        &p.initramfs,
+        &cmdline,
+    );
+    cmd.args(["-serial", "null"])
+        .args(["-device", "virtio-serial-device"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            sock.display()
+        ))
+        .args(["-device", "virtconsole,chardev=agent"])
+        .args(["-device", "virtio-rng-device"]);
     for (i, l) in p.layers.iter().enumerate() {
         cmd.arg("-drive").arg(format!(
             "if=none,id=d{i},file={},format=raw,readonly=on",

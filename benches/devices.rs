@@ -31,9 +31,12 @@
 //! `HYPERCONTAINER_VSOCK_ECHO` (the static guest helper of the whole-VM
 //! tests; the vsock bench is skipped without it).
 
+#[path = "common/qemu.rs"]
+mod qemu;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -305,42 +308,24 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
 
 /// Boots QEMU microvm running `n` iterations of `work`; returns their times.
 fn qemu_run(i: &Inputs, qemu: &Path, work: Work, n: u64) -> Vec<Duration> {
-    let mut child = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-m",
-            &MEMORY_MIB.to_string(),
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-device",
-            "virtio-blk-device,drive=d0",
-            "-drive",
-        ])
-        .arg(format!(
-            "id=d0,if=none,format=raw,file={}",
-            i.disk.display()
-        ))
-        .arg("-kernel")
-        .arg(&i.kernel)
-        .arg("-initrd")
-        .arg(&i.initramfs_path)
-        .arg("-append")
-        .arg(format!("{} reboot=t", cmdline(work, n)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run QEMU");
+    let mut child = qemu::microvm(
+        qemu,
+        MEMORY_MIB,
+        &i.kernel,
+        &i.initramfs_path,
+        &format!("{} reboot=t", cmdline(work, n)),
+    )
+    .args(["-serial", "stdio", "-device", "virtio-blk-device,drive=d0"])
+    .arg("-drive")
+    .arg(format!(
+        "id=d0,if=none,format=raw,file={}",
+        i.disk.display()
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("run QEMU");
     let mut out = child.stdout.take().unwrap();
     let mut clock = LineClock::default();
     let mut buf = [0u8; 4096];
