@@ -426,6 +426,19 @@ fn print_starts(label: &str, starts: &[(Duration, BootTimings)]) {
     }
 }
 
+/// Prints the medians of sandbox and QEMU-peer cold starts and their ratio.
+fn print_peer_ratio(order: &str, ours: Vec<Duration>, qemu: Vec<Duration>) {
+    let (n_ours, n_qemu) = (ours.len(), qemu.len());
+    let (ours, qemu) = (median(ours), median(qemu));
+    println!(
+        "{order}, {n_ours} and {n_qemu} starts: start to first stdout byte, sandbox median {}, \
+         same guest stack under QEMU microvm median {}; ratio {:.2}",
+        ms(ours),
+        ms(qemu),
+        ours.as_secs_f64() / qemu.as_secs_f64()
+    );
+}
+
 fn report() {
     let starts = STARTS.lock().unwrap().clone();
     let mode = if share_kernel() {
@@ -448,29 +461,18 @@ fn report() {
     }
     let solo = PEER_SOLO.lock().unwrap().clone();
     if !solo.is_empty() && !starts.is_empty() {
-        let ours = median(starts.iter().map(|(d, _)| *d).collect());
-        let qemu = median(solo.clone());
-        println!(
-            "back to back, {} and {} starts: start to first stdout byte, sandbox median {}, \
-             same guest stack under QEMU microvm median {}; ratio {:.2}",
-            starts.len(),
-            solo.len(),
-            ms(ours),
-            ms(qemu),
-            ours.as_secs_f64() / qemu.as_secs_f64()
+        print_peer_ratio(
+            "back to back",
+            starts.iter().map(|(d, _)| *d).collect(),
+            solo,
         );
     }
     let peer = PEER.lock().unwrap().clone();
     if !peer.is_empty() {
-        let ours = median(peer.iter().map(|(o, _)| *o).collect());
-        let qemu = median(peer.iter().map(|(_, q)| *q).collect());
-        println!(
-            "alternating pairs, {} each: start to first stdout byte, sandbox median {}, same \
-             guest stack under QEMU microvm median {}; ratio {:.2}",
-            peer.len(),
-            ms(ours),
-            ms(qemu),
-            ours.as_secs_f64() / qemu.as_secs_f64()
+        print_peer_ratio(
+            "alternating pairs",
+            peer.iter().map(|(o, _)| *o).collect(),
+            peer.iter().map(|(_, q)| *q).collect(),
         );
     }
     let host = HOST.lock().unwrap().clone();
