@@ -1,6 +1,6 @@
 //! Whole-VM device tests: a real guest kernel drives the VMM's virtio-mmio
-//! devices (block, vsock, rng, console) through the device manager, in one
-//! guest boot (boots are slow in the emulated KVM host).
+//! devices (block, vsock, rng, console, net) through the device manager, in
+//! one guest boot (boots are slow in the emulated KVM host).
 //!
 //! They need hardware KVM (directly or nested) and are run by `cargo xtask
 //! test` / `cargo xtask whole-vm`, which provide:
@@ -8,7 +8,10 @@
 //! - `HYPERCONTAINER_KERNEL`: the guest's PVH `vmlinux`;
 //! - `HYPERCONTAINER_BUSYBOX`: a static busybox (the guest's `/init` script);
 //! - `HYPERCONTAINER_VSOCK_ECHO`: the static guest helper built from
-//!   `tests/guest/vsock_echo.c` (busybox has no vsock tool);
+//!   `tests/guest/vsock_echo.c` (busybox has no vsock tool, nor a TCP
+//!   client that checks its echo);
+//! - `/dev/net/tun` (the emulated host loads `tun`) and root, for the net
+//!   device's tap, configured with busybox's `ip`;
 //! - `mke2fs` and `debugfs` (e2fsprogs) on `PATH`, to make the guest's ext4
 //!   disks and to read them after the VM ended.
 //!
@@ -17,6 +20,7 @@
 //! included).
 
 use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +31,9 @@ use std::time::{Duration, Instant};
 use hypercontainer::host::{detect_kvm, KvmKind};
 use hypercontainer::initramfs::{CpioWriter, Metadata};
 use hypercontainer::vmm::devices::DeviceKind;
-use hypercontainer::vmm::{BlockConfig, BusDevice, Error, ExitReason, RawCode, RawMode, VmBuilder};
+use hypercontainer::vmm::{
+    BlockConfig, BusDevice, Error, ExitReason, NetConfig, RawCode, RawMode, VmBuilder,
+};
 
 /// Guest port the guest's echo server listens on.
 const GUEST_PORT: u32 = 5000;
@@ -37,6 +43,15 @@ const HOST_PORT: u32 = 6000;
 const ECHO_BYTES: u64 = 4 << 20;
 const GUEST_CID: u64 = 3;
 const TIMEOUT: Duration = Duration::from_secs(600);
+/// The tap's (host) and the guest's addresses on the test network.
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// Guest TCP port of the guest's echo server, host port of the host's.
+const GUEST_TCP_PORT: u16 = 7000;
+const HOST_TCP_PORT: u16 = 7001;
+/// Bytes sent through each TCP echo.
+const NET_ECHO_BYTES: u64 = 2 << 20;
+const GUEST_MAC: [u8; 6] = [0x02, 0x48, 0x43, 0x00, 0x00, 0x01];
 
 fn env_path(name: &str) -> PathBuf {
     let p = std::env::var_os(name)
@@ -132,38 +147,70 @@ fn host_to_guest_echo(
         }
     };
     let start = Instant::now();
-    echo_check(stream).map(|n| (n, start.elapsed()))
+    echo_check(stream, ECHO_BYTES).map(|n| (n, start.elapsed()))
 }
 
-/// Sends `ECHO_BYTES` of the pattern on one thread, reads and compares the
-/// echo on this one.
-fn echo_check(stream: UnixStream) -> Result<u64, String> {
+/// A connected byte stream the echo helpers work over (vsock streams are
+/// Unix sockets on the host side; the net test uses TCP).
+trait EchoStream: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
+    fn read_timeout(&self, t: Duration) -> std::io::Result<()>;
+}
+
+impl EchoStream for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn read_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))
+    }
+}
+
+impl EchoStream for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn read_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))
+    }
+}
+
+/// Sends `bytes` of the pattern on one thread, reads and compares the echo
+/// on this one.
+fn echo_check<S: EchoStream>(stream: S, bytes: u64) -> Result<u64, String> {
     stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
+        .read_timeout(Duration::from_secs(120))
         .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut writer = stream.duplicate().map_err(|e| e.to_string())?;
     let sender = std::thread::spawn(move || -> std::io::Result<()> {
         let mut sent = 0u64;
         let mut buf = vec![0u8; 64 << 10];
-        while sent < ECHO_BYTES {
-            let n = (ECHO_BYTES - sent).min(buf.len() as u64) as usize;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
             for (i, b) in buf[..n].iter_mut().enumerate() {
                 *b = pattern_byte(sent + i as u64);
             }
             writer.write_all(&buf[..n])?;
             sent += n as u64;
         }
-        writer.shutdown(std::net::Shutdown::Write)
+        writer.shutdown_write()
     });
     let mut reader = stream;
     let mut received = 0u64;
     let mut buf = vec![0u8; 64 << 10];
-    while received < ECHO_BYTES {
+    while received < bytes {
         let n = reader
             .read(&mut buf)
             .map_err(|e| format!("reading the echo after {received} bytes: {e}"))?;
         if n == 0 {
-            return Err(format!("echo ended after {received} of {ECHO_BYTES} bytes"));
+            return Err(format!("echo ended after {received} of {bytes} bytes"));
         }
         for (i, &b) in buf[..n].iter().enumerate() {
             let at = received + i as u64;
@@ -190,13 +237,18 @@ fn echo_check(stream: UnixStream) -> Result<u64, String> {
 fn guest_to_host_echo(
     listener: hypercontainer::vmm::devices::VsockListener,
 ) -> Result<u64, String> {
-    let (mut stream, port) = listener
+    let (stream, _port) = listener
         .accept(TIMEOUT)
         .map_err(|e| format!("accept on host port {HOST_PORT}: {e}"))?;
+    echo_back(stream)
+}
+
+/// Echoes everything back until the peer shuts down its side. Returns the
+/// bytes echoed.
+fn echo_back<S: EchoStream>(mut stream: S) -> Result<u64, String> {
     stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
+        .read_timeout(Duration::from_secs(120))
         .map_err(|e| e.to_string())?;
-    let _ = port;
     let mut total = 0u64;
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -212,6 +264,48 @@ fn guest_to_host_echo(
         total += n as u64;
     }
     Ok(total)
+}
+
+/// Gives the host end of the tap its address and brings it up.
+fn configure_tap(name: &str) {
+    let busybox = env_path("HYPERCONTAINER_BUSYBOX");
+    let cidr = format!("{HOST_IP}/24");
+    run(Command::new(&busybox).args(["ip", "addr", "add", &cidr, "dev", name]));
+    run(Command::new(&busybox).args(["ip", "link", "set", name, "up"]));
+}
+
+/// Host to guest over the net device: connects to the guest's TCP echo
+/// server (retrying until it listens) and checks the echo.
+fn tcp_host_to_guest_echo() -> Result<(u64, Duration), String> {
+    let addr = SocketAddr::from((GUEST_IP, GUEST_TCP_PORT));
+    let deadline = Instant::now() + TIMEOUT;
+    let stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(format!("connect to {addr}: {e}")),
+        }
+    };
+    let start = Instant::now();
+    echo_check(stream, NET_ECHO_BYTES).map(|n| (n, start.elapsed()))
+}
+
+/// Guest to host over the net device: accepts the guest's connection on the
+/// tap's address and echoes it back.
+fn tcp_guest_to_host_echo(listener: TcpListener) -> Result<u64, String> {
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + TIMEOUT;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(format!("accept on {HOST_IP}:{HOST_TCP_PORT}: {e}")),
+        }
+    };
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    echo_back(stream)
 }
 
 /// Collects what a `Write` receives (the virtio console's output).
@@ -237,7 +331,7 @@ fn line_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 #[ignore = "whole-VM test: run by cargo xtask test"]
-fn guest_uses_block_vsock_rng_and_console() {
+fn guest_uses_block_vsock_rng_console_and_net() {
     let dir = tempfile::tempdir().unwrap();
     let token = format!("token-{:x}", std::process::id() as u64 * 2_654_435_761);
 
@@ -282,11 +376,19 @@ echo "hwrng-distinct=$(head -c 4096 /dev/hwrng | od -An -v -tx1 | tr -s ' ' '\n'
 echo "virtio console says hi" > /dev/hvc0; echo "hvc-rc=$?"
 vsock-echo serve {GUEST_PORT}; echo "serve-rc=$?"
 vsock-echo client 2 {HOST_PORT} {ECHO_BYTES}; echo "client-rc=$?"
+ip link set eth0 up && ip addr add {GUEST_IP}/24 dev eth0; echo "net-up-rc=$?"
+echo "net-mac=$(cat /sys/class/net/eth0/address)"
+n=0; until ping -c 1 -W 1 {HOST_IP} >/dev/null 2>&1 || [ $n -ge 60 ]; do n=$((n+1)); done
+ping -c 1 -W 5 {HOST_IP} >/dev/null 2>&1; echo "ping-rc=$?"
+vsock-echo tcp-serve {GUEST_TCP_PORT}; echo "tcp-serve-rc=$?"
+vsock-echo tcp-client {HOST_IP} {HOST_TCP_PORT} {NET_ECHO_BYTES}; echo "tcp-client-rc=$?"
 echo "init-done"
 reboot -f
 "#
     );
 
+    // Unique per process: tap names are global to the host.
+    let tap = format!("hct{}", std::process::id());
     let (tx, rx) = mpsc::channel();
     let hvc = Captured::default();
     let mut vm = VmBuilder::new()
@@ -300,6 +402,7 @@ reboot -f
         .vsock(GUEST_CID)
         .rng()
         .virtio_console(hvc.clone())
+        .net(NetConfig::tap(&tap).mac(GUEST_MAC))
         .build()
         .expect("build the VM");
     let kinds: Vec<DeviceKind> = vm.devices().info().iter().map(|d| d.kind).collect();
@@ -310,7 +413,8 @@ reboot -f
             DeviceKind::Block,
             DeviceKind::Vsock,
             DeviceKind::Rng,
-            DeviceKind::Console
+            DeviceKind::Console,
+            DeviceKind::Net
         ]
     );
 
@@ -319,6 +423,10 @@ reboot -f
     let started = Instant::now();
     let h2g = std::thread::spawn(move || host_to_guest_echo(host));
     let g2h = std::thread::spawn(move || guest_to_host_echo(listener));
+    configure_tap(&tap);
+    let tcp_listener = TcpListener::bind((HOST_IP, HOST_TCP_PORT)).expect("listen on the tap");
+    let tcp_h2g = std::thread::spawn(tcp_host_to_guest_echo);
+    let tcp_g2h = std::thread::spawn(move || tcp_guest_to_host_echo(tcp_listener));
 
     let outcome = match vm.wait_timeout(TIMEOUT) {
         Some(o) => o,
@@ -405,6 +513,23 @@ reboot -f
         "vsock host->guest echo: {} MiB each way in {t:.2?} ({:.1} MiB/s)",
         ECHO_BYTES >> 20,
         (ECHO_BYTES >> 20) as f64 / t.as_secs_f64()
+    );
+
+    // Net: the MAC, ICMP to the tap, TCP echo both ways.
+    assert_eq!(v("net-up-rc="), "0");
+    assert_eq!(v("net-mac="), "02:48:43:00:00:01");
+    assert_eq!(v("ping-rc="), "0");
+    assert_eq!(v("tcp-serve-rc="), "0");
+    assert_eq!(v("tcp-client-rc="), "0");
+    assert_eq!(v("tcp-echo client ok "), NET_ECHO_BYTES.to_string());
+    let (n, t) = tcp_h2g.join().unwrap().expect("host -> guest TCP echo");
+    assert_eq!(n, NET_ECHO_BYTES);
+    let g = tcp_g2h.join().unwrap().expect("guest -> host TCP echo");
+    assert_eq!(g, NET_ECHO_BYTES);
+    eprintln!(
+        "net host->guest TCP echo: {} MiB each way in {t:.2?} ({:.1} MiB/s)",
+        NET_ECHO_BYTES >> 20,
+        (NET_ECHO_BYTES >> 20) as f64 / t.as_secs_f64()
     );
 }
 

@@ -1,6 +1,7 @@
-//! `cargo xtask testhost-assets`: Debian's cloud kernel and its kvm modules
-//! for the emulated KVM host, cached in `<cache>/testhost/<version>/` in the
-//! layout `hypercontainer_testhost::HostAssets::from_dir` reads.
+//! `cargo xtask testhost-assets`: Debian's cloud kernel and its kvm and tun
+//! modules for the emulated KVM host, cached in
+//! `<cache>/testhost/<version>-<modules>/` in the layout
+//! `hypercontainer_testhost::HostAssets::from_dir` reads.
 
 use crate::util::{fail, output, run, Error, IoContext, Result, Stage};
 use hypercontainer_testhost::HostAssets;
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The modules the emulated host loads; their dependencies come along.
-const WANTED_MODULES: &[&str] = &["kvm", "kvm_amd", "irqbypass"];
+/// `tun` gives the whole-VM net test its tap device.
+const WANTED_MODULES: &[&str] = &["kvm", "kvm_amd", "irqbypass", "tun"];
 
 /// The kernel version `linux-image-cloud-amd64` depends on, e.g.
 /// `6.1.0-28` (from `apt-cache depends` output).
@@ -92,7 +94,7 @@ fn find_modules(dir: &Path, found: &mut BTreeMap<String, PathBuf>) {
 
 /// Ensures the assets are cached and returns them.
 pub fn ensure() -> Result<HostAssets> {
-    let stage = Stage::start("testhost-assets: Debian cloud kernel + kvm modules");
+    let stage = Stage::start("testhost-assets: Debian cloud kernel + kvm and tun modules");
     let res = ensure_inner(&stage);
     stage.finish(res.is_ok());
     res
@@ -101,7 +103,8 @@ pub fn ensure() -> Result<HostAssets> {
 fn ensure_inner(stage: &Stage) -> Result<HostAssets> {
     let version = resolve_version()?;
     let root = hypercontainer::kernel::cache_dir()?.join("testhost");
-    let dest = root.join(&version);
+    // Keyed by the module set too: adding a module fetches afresh.
+    let dest = root.join(format!("{version}-{}", WANTED_MODULES.join("+")));
     if let Ok(assets) = HostAssets::from_dir(&dest) {
         stage.note(format!("cached: {}", dest.display()));
         return Ok(assets);

@@ -1,6 +1,6 @@
 /*
  * A tiny static guest helper for the whole-VM device tests: busybox has no
- * vsock tool.
+ * vsock tool, and no TCP client that checks what it gets back.
  *
  *   vsock-echo serve PORT
  *       Listen on vsock PORT, accept one connection, send back everything
@@ -10,6 +10,11 @@
  *       Connect to CID:PORT, send BYTES bytes of a fixed pseudo-random
  *       pattern while reading the echo, and compare the echo byte for byte.
  *       Prints "vsock-echo client ok BYTES" on success.
+ *
+ *   vsock-echo tcp-serve PORT
+ *   vsock-echo tcp-client IPV4 PORT BYTES
+ *       The same over TCP/IPv4 (the virtio-net test), printing "tcp-echo"
+ *       where the vsock modes print "vsock-echo".
  *
  * Exit status 0 on success, 1 on any failure (with a message on stderr).
  *
@@ -23,6 +28,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <linux/vm_sockets.h>
 
 #define CHUNK 65536
@@ -58,23 +65,20 @@ static int write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-static int serve(unsigned port)
+static int serve(const char *tag, const struct sockaddr *addr, socklen_t len, unsigned port)
 {
-	struct sockaddr_vm addr = {
-		.svm_family = AF_VSOCK,
-		.svm_port = port,
-		.svm_cid = VMADDR_CID_ANY,
-	};
 	static char buf[CHUNK];
-	int l = socket(AF_VSOCK, SOCK_STREAM, 0);
+	int l = socket(addr->sa_family, SOCK_STREAM, 0);
 	if (l < 0)
 		return die("socket");
-	if (bind(l, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+	int one = 1;
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(l, addr, len) < 0)
 		return die("bind");
 	if (listen(l, 1) < 0)
 		return die("listen");
 	/* The host test waits for this line before connecting. */
-	printf("vsock-echo listening %u\n", port);
+	printf("%s-echo listening %u\n", tag, port);
 	fflush(stdout);
 	int c = accept(l, NULL, NULL);
 	if (c < 0)
@@ -95,22 +99,17 @@ static int serve(unsigned port)
 	}
 	close(c);
 	close(l);
-	printf("vsock-echo served %llu\n", (unsigned long long)total);
+	printf("%s-echo served %llu\n", tag, (unsigned long long)total);
 	return 0;
 }
 
-static int client(unsigned cid, unsigned port, uint64_t bytes)
+static int client(const char *tag, const struct sockaddr *addr, socklen_t len, uint64_t bytes)
 {
-	struct sockaddr_vm addr = {
-		.svm_family = AF_VSOCK,
-		.svm_port = port,
-		.svm_cid = cid,
-	};
 	static char out[CHUNK], in[CHUNK];
-	int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+	int s = socket(addr->sa_family, SOCK_STREAM, 0);
 	if (s < 0)
 		return die("socket");
-	if (connect(s, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+	if (connect(s, addr, len) < 0)
 		return die("connect");
 	uint64_t sent = 0, received = 0;
 	size_t pending = 0, offset = 0;
@@ -160,18 +159,50 @@ static int client(unsigned cid, unsigned port, uint64_t bytes)
 		}
 	}
 	close(s);
-	printf("vsock-echo client ok %llu\n", (unsigned long long)bytes);
+	printf("%s-echo client ok %llu\n", tag, (unsigned long long)bytes);
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	if (argc == 3 && strcmp(argv[1], "serve") == 0)
-		return serve((unsigned)strtoul(argv[2], NULL, 10));
-	if (argc == 5 && strcmp(argv[1], "client") == 0)
-		return client((unsigned)strtoul(argv[2], NULL, 10),
-			      (unsigned)strtoul(argv[3], NULL, 10),
-			      strtoull(argv[4], NULL, 10));
-	fprintf(stderr, "usage: vsock-echo serve PORT | client CID PORT BYTES\n");
+	if (argc == 3 && strcmp(argv[1], "serve") == 0) {
+		unsigned port = (unsigned)strtoul(argv[2], NULL, 10);
+		struct sockaddr_vm a = {
+			.svm_family = AF_VSOCK,
+			.svm_port = port,
+			.svm_cid = VMADDR_CID_ANY,
+		};
+		return serve("vsock", (struct sockaddr *)&a, sizeof(a), port);
+	}
+	if (argc == 5 && strcmp(argv[1], "client") == 0) {
+		struct sockaddr_vm a = {
+			.svm_family = AF_VSOCK,
+			.svm_port = (unsigned)strtoul(argv[3], NULL, 10),
+			.svm_cid = (unsigned)strtoul(argv[2], NULL, 10),
+		};
+		return client("vsock", (struct sockaddr *)&a, sizeof(a), strtoull(argv[4], NULL, 10));
+	}
+	if (argc == 3 && strcmp(argv[1], "tcp-serve") == 0) {
+		unsigned port = (unsigned)strtoul(argv[2], NULL, 10);
+		struct sockaddr_in a = {
+			.sin_family = AF_INET,
+			.sin_port = htons((uint16_t)port),
+			.sin_addr.s_addr = htonl(INADDR_ANY),
+		};
+		return serve("tcp", (struct sockaddr *)&a, sizeof(a), port);
+	}
+	if (argc == 5 && strcmp(argv[1], "tcp-client") == 0) {
+		struct sockaddr_in a = {
+			.sin_family = AF_INET,
+			.sin_port = htons((uint16_t)strtoul(argv[3], NULL, 10)),
+		};
+		if (inet_pton(AF_INET, argv[2], &a.sin_addr) != 1) {
+			fprintf(stderr, "vsock-echo: bad IPv4 address %s\n", argv[2]);
+			return 2;
+		}
+		return client("tcp", (struct sockaddr *)&a, sizeof(a), strtoull(argv[4], NULL, 10));
+	}
+	fprintf(stderr, "usage: vsock-echo serve PORT | client CID PORT BYTES | "
+			"tcp-serve PORT | tcp-client IPV4 PORT BYTES\n");
 	return 2;
 }
