@@ -200,6 +200,7 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
                 hostname: "peer".into(),
                 hosts: None,
                 resolv_conf: None,
+                network: Vec::new(),
             },
             AgentOutput::Piped,
             AgentOutput::Piped,

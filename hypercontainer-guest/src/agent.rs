@@ -6,8 +6,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use hypercontainer_protocol::{
-    codec, BootStage, ErrorKind, FrameDecoder, Hello, Message, Process, ProcessId, Start,
-    AGENT_OUTPUT_QUEUE, MAX_DATA_CHUNK, STDIN_WINDOW,
+    codec, BootStage, ErrorKind, FrameDecoder, Hello, Interface, Message, Process, ProcessId,
+    Start, AGENT_OUTPUT_QUEUE, MAX_DATA_CHUNK, STDIN_WINDOW,
 };
 
 use crate::{rootfs, spawn, sys};
@@ -56,6 +56,7 @@ pub struct Agent {
     used_ids: HashSet<ProcessId>,
     main_id: Option<ProcessId>,
     main_status: Option<i32>,
+    mode: Mode,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -67,7 +68,7 @@ fn would_block(e: &io::Error) -> bool {
 
 impl Agent {
     /// An agent serving the connected stream `conn`.
-    pub fn new(conn: OwnedFd) -> io::Result<Self> {
+    pub fn new(conn: OwnedFd, mode: Mode) -> io::Result<Self> {
         sys::set_cloexec(conn.as_raw_fd())?;
         sys::set_nonblocking(conn.as_raw_fd(), true)?;
         Ok(Self {
@@ -82,6 +83,7 @@ impl Agent {
             used_ids: HashSet::new(),
             main_id: None,
             main_status: None,
+            mode,
         })
     }
 
@@ -400,6 +402,10 @@ impl Agent {
         self.started = true;
         self.main_id = Some(s.id);
         crate::trace::trace!("start request received");
+        if let Err((kind, msg)) = self.configure_network(&s.network) {
+            self.fail_start(s.id, true, kind, msg);
+            return;
+        }
         if let Err(e) = rootfs::enter(&s.rootfs).and_then(|()| {
             rootfs::write_identity(&s.hostname, s.hosts.as_deref(), s.resolv_conf.as_deref())
         }) {
@@ -412,6 +418,20 @@ impl Agent {
             boottime_ns: sys::boottime_ns(),
         });
         self.spawn(s.id, &s.process, true);
+    }
+
+    /// In a VM: loopback up, then the requested interfaces. A host-tier
+    /// agent shares the host's network and refuses to touch it.
+    fn configure_network(&self, ifaces: &[Interface]) -> Result<(), (ErrorKind, String)> {
+        match self.mode {
+            Mode::Vm => crate::net::configure(ifaces)
+                .map_err(|e| (ErrorKind::Network, format!("configuring the network: {e}"))),
+            Mode::Host if ifaces.is_empty() => Ok(()),
+            Mode::Host => Err((
+                ErrorKind::InvalidRequest,
+                "network interfaces can only be configured in a VM".into(),
+            )),
+        }
     }
 
     fn exec(&mut self, id: ProcessId, p: &Process) {

@@ -25,6 +25,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use hypercontainer_protocol::{AGENT_VSOCK_PORT, HOST_CID};
 
 mod agent;
+mod net;
 mod rootfs;
 mod spawn;
 mod sys;
@@ -213,7 +214,7 @@ fn main() {
         }
     };
 
-    let mut agent = match Agent::new(conn) {
+    let mut agent = match Agent::new(conn, mode) {
         Ok(a) => a,
         Err(e) => fatal(mode, "setting up", &e),
     };

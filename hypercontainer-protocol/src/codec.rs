@@ -22,8 +22,8 @@
 use std::io::{self, Read, Write};
 
 use crate::message::{
-    BootStage, ErrorKind, Hello, Message, Process, Rlimit, RlimitResource, Rootfs, Start, Upper,
-    WindowSize,
+    BootStage, ErrorKind, Hello, Interface, Message, Process, Rlimit, RlimitResource, Rootfs,
+    Start, Upper, WindowSize, MAX_INTERFACES,
 };
 use crate::{MAX_FRAME_LEN, PROTOCOL_VERSION};
 
@@ -211,6 +211,19 @@ impl Enc<'_> {
                 self.str(&s.hostname)?;
                 self.opt_str(&s.hosts)?;
                 self.opt_str(&s.resolv_conf)?;
+                self.len(s.network.len())?;
+                for i in &s.network {
+                    self.0.extend_from_slice(&i.mac);
+                    self.0.extend_from_slice(&i.address.octets());
+                    self.u8(i.prefix_len);
+                    match i.gateway {
+                        None => self.u8(0),
+                        Some(g) => {
+                            self.u8(1);
+                            self.0.extend_from_slice(&g.octets());
+                        }
+                    }
+                }
             }
             Message::Exec { id, process } => {
                 self.u32(*id);
@@ -384,6 +397,40 @@ impl<'a> Dec<'a> {
             _ => Some(self.str(what)?),
         })
     }
+    fn interfaces(&mut self) -> Result<Vec<Interface>> {
+        let n = self.count("interfaces", 12)?;
+        if n > MAX_INTERFACES {
+            return Err(Error::InvalidValue {
+                what: "interface count",
+                value: n as u64,
+            });
+        }
+        (0..n)
+            .map(|_| {
+                let mac = self.array::<6>("interface mac")?;
+                let address = std::net::Ipv4Addr::from(self.array::<4>("interface address")?);
+                let prefix_len = self.u8("interface prefix length")?;
+                if prefix_len > 32 {
+                    return Err(Error::InvalidValue {
+                        what: "interface prefix length",
+                        value: prefix_len.into(),
+                    });
+                }
+                let gateway = match self.tag("interface gateway", 1)? {
+                    0 => None,
+                    _ => Some(std::net::Ipv4Addr::from(
+                        self.array::<4>("interface gateway")?,
+                    )),
+                };
+                Ok(Interface {
+                    mac,
+                    address,
+                    prefix_len,
+                    gateway,
+                })
+            })
+            .collect()
+    }
     fn window(&mut self) -> Result<WindowSize> {
         Ok(WindowSize {
             rows: self.u16("window rows")?,
@@ -478,6 +525,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message> {
             hostname: d.str("hostname")?,
             hosts: d.opt_str("hosts")?,
             resolv_conf: d.opt_str("resolv.conf")?,
+            network: d.interfaces()?,
         })),
         0x11 => Message::Exec {
             id: d.u32("id")?,
@@ -706,6 +754,7 @@ mod tests {
                 hostname: "box".into(),
                 hosts: Some("127.0.0.1 localhost\n".into()),
                 resolv_conf: None,
+                network: Vec::new(),
             })),
             Message::Start(Box::new(Start {
                 id: 2,
@@ -716,6 +765,20 @@ mod tests {
                 hostname: String::new(),
                 hosts: None,
                 resolv_conf: Some("nameserver 10.0.2.3\n".into()),
+                network: vec![
+                    Interface {
+                        mac: [2, 0, 0, 0, 0, 1],
+                        address: std::net::Ipv4Addr::new(10, 0, 2, 15),
+                        prefix_len: 24,
+                        gateway: Some(std::net::Ipv4Addr::new(10, 0, 2, 2)),
+                    },
+                    Interface {
+                        mac: [2, 0, 0, 0, 0, 2],
+                        address: std::net::Ipv4Addr::new(192, 168, 1, 9),
+                        prefix_len: 32,
+                        gateway: None,
+                    },
+                ],
             })),
             Message::Start(Box::new(Start {
                 id: 3,
@@ -727,6 +790,7 @@ mod tests {
                 hostname: "h".into(),
                 hosts: None,
                 resolv_conf: None,
+                network: Vec::new(),
             })),
             Message::Exec {
                 id: 7,
@@ -981,6 +1045,58 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn bad_interfaces_are_rejected() {
+        let start = |network: Vec<Interface>| {
+            Message::Start(Box::new(Start {
+                id: 1,
+                rootfs: Rootfs::Directory { path: "/r".into() },
+                process: Process::default(),
+                hostname: String::new(),
+                hosts: None,
+                resolv_conf: None,
+                network,
+            }))
+            .to_frame()
+            .unwrap()
+        };
+        let one = Interface {
+            mac: [2, 0, 0, 0, 0, 1],
+            address: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            prefix_len: 24,
+            gateway: None,
+        };
+        // Layout ends with: mac, address, prefix length, gateway tag.
+        let mut f = start(vec![one]);
+        let n = f.len();
+        f[n - 2] = 33;
+        assert!(matches!(
+            decode_frame(&f),
+            Err(Error::InvalidValue {
+                what: "interface prefix length",
+                ..
+            })
+        ));
+        let mut f = start(vec![one]);
+        f[n - 1] = 2;
+        assert!(matches!(
+            decode_frame(&f),
+            Err(Error::InvalidValue {
+                what: "interface gateway",
+                ..
+            })
+        ));
+        // More than MAX_INTERFACES.
+        assert!(matches!(
+            decode_frame(&start(vec![one; MAX_INTERFACES + 1])),
+            Err(Error::InvalidValue {
+                what: "interface count",
+                ..
+            })
+        ));
+        assert!(decode_frame(&start(vec![one; MAX_INTERFACES])).is_ok());
     }
 
     #[test]

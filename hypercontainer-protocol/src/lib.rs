@@ -99,12 +99,13 @@ pub mod message;
 
 pub use codec::{Error, FrameDecoder, Result};
 pub use message::{
-    BootStage, ErrorKind, Hello, Message, Process, ProcessId, Rlimit, RlimitResource, Rootfs,
-    Start, Upper, WindowSize,
+    BootStage, ErrorKind, Hello, Interface, Message, Process, ProcessId, Rlimit, RlimitResource,
+    Rootfs, Start, Upper, WindowSize, MAX_INTERFACES,
 };
 
-/// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol; both sides must speak the same one (2: `Start`
+/// carries network interfaces).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -236,7 +236,8 @@ pub struct Process {
 /// Start the container: build the root filesystem, then run its main process.
 ///
 /// Wire, in order: `id: u32`, `rootfs: Rootfs`, `process: Process`,
-/// `hostname: string`, `hosts: option<string>`, `resolv_conf: option<string>`.
+/// `hostname: string`, `hosts: option<string>`, `resolv_conf: option<string>`,
+/// `network: list<Interface>`.
 ///
 /// Accepted once per connection. The main process ending ends the sandbox:
 /// the agent kills what is left, reports every exit, flushes and powers the
@@ -256,6 +257,29 @@ pub struct Start {
     pub hosts: Option<String>,
     /// Contents written to `/etc/resolv.conf`; `None` keeps the image's file.
     pub resolv_conf: Option<String>,
+    /// Network interfaces to configure before the root filesystem is built
+    /// (at most [`MAX_INTERFACES`]). The loopback interface is always
+    /// brought up in a VM.
+    pub network: Vec<Interface>,
+}
+
+/// Most interfaces one [`Start`] configures.
+pub const MAX_INTERFACES: usize = 8;
+
+/// An IPv4 network interface of the VM, found by its MAC address.
+///
+/// Wire: `mac: [u8; 6]`, `address: [u8; 4]`, `prefix_len: u8` (at most 32),
+/// `gateway: option<[u8; 4]>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interface {
+    /// MAC address of the guest's NIC.
+    pub mac: [u8; 6],
+    /// The interface's address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of its subnet (e.g. 24).
+    pub prefix_len: u8,
+    /// Default route through this gateway, if any.
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// Boot stages reported by the agent.
@@ -313,6 +337,9 @@ pub enum ErrorKind {
     /// Another failure while setting the process up (rlimits, terminal,
     /// fork, ...).
     Spawn = 8,
+    /// A network interface could not be configured (no NIC with the MAC,
+    /// address or route refused).
+    Network = 9,
 }
 
 impl ErrorKind {
@@ -329,6 +356,7 @@ impl ErrorKind {
             NotFound,
             PermissionDenied,
             Spawn,
+            Network,
         ]
         .get(usize::from(v))
         .copied()

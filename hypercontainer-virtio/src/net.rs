@@ -141,6 +141,13 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The tap's descriptor, e.g. to configure the interface first and hand
+    /// the open tap to a VM or sandbox afterwards (the interface lives as
+    /// long as the descriptor is open, unless made persistent).
+    pub fn into_fd(self) -> OwnedFd {
+        self.file.into()
+    }
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {

@@ -29,6 +29,7 @@
 //!         hostname: "box".into(),
 //!         hosts: None,
 //!         resolv_conf: None,
+//!         network: Vec::new(),
 //!     },
 //!     Output::Piped,
 //!     Output::Piped,
@@ -957,6 +958,7 @@ mod tests {
             hostname: String::new(),
             hosts: None,
             resolv_conf: None,
+            network: Vec::new(),
         }
     }
 

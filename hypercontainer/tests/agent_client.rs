@@ -103,6 +103,7 @@ fn start(a: &Agent, p: Process) -> Start {
         hostname: "client-test".into(),
         hosts: None,
         resolv_conf: None,
+        network: Vec::new(),
     }
 }
 

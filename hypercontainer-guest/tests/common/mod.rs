@@ -131,6 +131,7 @@ impl Session {
             hostname: "sandbox".into(),
             hosts: None,
             resolv_conf: None,
+            network: Vec::new(),
         };
         f(&mut start);
         self.send(&Message::Start(Box::new(start)));

@@ -41,6 +41,7 @@
 //! another reads output or sends signals.
 
 mod image;
+mod network;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -67,6 +68,7 @@ pub use crate::agent_client::Output;
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
 pub use image::{ImageRef, ParseImageRefError};
+pub use network::NetworkInterface;
 
 /// Kernel command line of a sandbox VM (the VMM appends its devices).
 ///
@@ -241,6 +243,8 @@ pub struct SandboxBuilder {
     stderr: Output,
     console: Option<Box<dyn ConsoleSink>>,
     kernel_args: Vec<String>,
+    network: Vec<NetworkInterface>,
+    dns: Vec<std::net::IpAddr>,
     boot_timeout: Duration,
 }
 
@@ -275,6 +279,8 @@ impl Default for SandboxBuilder {
             stderr: Output::Piped,
             console: None,
             kernel_args: Vec::new(),
+            network: Vec::new(),
+            dns: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
         }
     }
@@ -401,6 +407,23 @@ impl SandboxBuilder {
         self
     }
 
+    /// Adds a network interface: a virtio-net device on a host tap, which
+    /// the agent configures in the guest before the container starts (see
+    /// [`NetworkInterface`]). At most
+    /// [`MAX_INTERFACES`](hypercontainer_protocol::MAX_INTERFACES). Without
+    /// one the sandbox has only its loopback interface.
+    pub fn network(mut self, interface: NetworkInterface) -> Self {
+        self.network.push(interface);
+        self
+    }
+
+    /// Adds a DNS server written to the container's `/etc/resolv.conf`
+    /// (default: the image's file is kept).
+    pub fn dns(mut self, server: std::net::IpAddr) -> Self {
+        self.dns.push(server);
+        self
+    }
+
     /// Appends an argument to the guest kernel's command line (after
     /// [`SANDBOX_CMDLINE`]), e.g. `loglevel=7` to see the kernel's boot
     /// messages on the console, or a module parameter.
@@ -441,6 +464,16 @@ impl SandboxBuilder {
                     d.serial
                 )));
             }
+        }
+        if self.network.len() > hypercontainer_protocol::MAX_INTERFACES {
+            return Err(Error::Config(format!(
+                "{} network interfaces: at most {} are supported",
+                self.network.len(),
+                hypercontainer_protocol::MAX_INTERFACES
+            )));
+        }
+        for n in &self.network {
+            n.validate().map_err(Error::Config)?;
         }
         if let Some(h) = &self.hostname {
             if h.len() > 64 || h.contains(['/', '\0']) {
@@ -521,6 +554,12 @@ impl SandboxBuilder {
                     .serial(&d.serial),
             );
         }
+        let mut interfaces = Vec::new();
+        for (i, n) in self.network.into_iter().enumerate() {
+            let (config, iface) = n.into_parts(network::sandbox_mac(&id, i));
+            b = b.net(config);
+            interfaces.push(iface);
+        }
         let vm = b.vsock(GUEST_CID).rng().build().map_err(vm_build_err)?;
         let vm_built = t0.elapsed();
         let vm = Arc::new(Mutex::new(vm));
@@ -553,7 +592,8 @@ impl SandboxBuilder {
                     process: process.clone(),
                     hostname,
                     hosts: None,
-                    resolv_conf: None,
+                    resolv_conf: (!self.dns.is_empty()).then(|| network::resolv_conf(&self.dns)),
+                    network: interfaces,
                 },
                 self.stdout,
                 self.stderr,
