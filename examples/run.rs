@@ -14,13 +14,17 @@
 //! stderr at the end. `--console` copies the guest's serial console to
 //! stderr, each line stamped with the host time since the start;
 //! `--kernel-arg ARG` (repeatable) appends to the guest kernel's command
-//! line (`--console --kernel-arg loglevel=7` traces a boot). Errors print
-//! on stderr and exit with 125, as `docker run` does.
+//! line (`--console --kernel-arg loglevel=7` traces a boot).
+//! `--net TAP,ADDR/PREFIX[,GATEWAY]` (repeatable) gives the sandbox a NIC on
+//! the host tap TAP (created if missing; its host side is yours to
+//! configure) with the guest at ADDR; `--dns IP` (repeatable) writes
+//! `/etc/resolv.conf`. Errors print on stderr and exit with 125, as
+//! `docker run` does.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use hypercontainer::sandbox::{Output, Sandbox};
+use hypercontainer::sandbox::{NetworkInterface, Output, Sandbox};
 use hypercontainer::vmm::console::Timestamped;
 
 struct Args {
@@ -34,12 +38,15 @@ struct Args {
     timings: bool,
     console: bool,
     kernel_args: Vec<String>,
+    nets: Vec<NetworkInterface>,
+    dns: Vec<std::net::IpAddr>,
     image: String,
     cmd: Vec<String>,
 }
 
 const USAGE: &str = "usage: run [--cpus N] [--memory MIB] [-e K=V] [-w DIR] [-u USER] [-i] [-t] \
-                     [--timings] [--console] [--kernel-arg ARG] IMAGE [CMD...]";
+                     [--timings] [--console] [--kernel-arg ARG] \
+                     [--net TAP,ADDR/PREFIX[,GATEWAY]] [--dns IP] IMAGE [CMD...]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -53,6 +60,8 @@ fn parse() -> Result<Args, String> {
         timings: false,
         console: false,
         kernel_args: Vec::new(),
+        nets: Vec::new(),
+        dns: Vec::new(),
         image: String::new(),
         cmd: Vec::new(),
     };
@@ -92,6 +101,12 @@ fn parse() -> Result<Args, String> {
             "--timings" => a.timings = true,
             "--console" => a.console = true,
             "--kernel-arg" => a.kernel_args.push(value(&mut it, "--kernel-arg")?),
+            "--net" => a.nets.push(parse_net(&value(&mut it, "--net")?)?),
+            "--dns" => a.dns.push(
+                value(&mut it, "--dns")?
+                    .parse()
+                    .map_err(|_| "--dns takes an IP address")?,
+            ),
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             _ => {
@@ -102,6 +117,27 @@ fn parse() -> Result<Args, String> {
         }
     }
     Err(USAGE.into())
+}
+
+/// `TAP,ADDR/PREFIX[,GATEWAY]`.
+fn parse_net(v: &str) -> Result<NetworkInterface, String> {
+    let bad = || format!("--net {v}: expected TAP,ADDR/PREFIX[,GATEWAY]");
+    let mut parts = v.split(',');
+    let tap = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+    let (addr, prefix) = parts
+        .next()
+        .and_then(|a| a.split_once('/'))
+        .ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let mut n = NetworkInterface::tap(tap, addr, prefix);
+    if let Some(gw) = parts.next() {
+        n = n.gateway(gw.parse().map_err(|_| bad())?);
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(n)
 }
 
 /// The local terminal's size, or 24x80.
@@ -186,6 +222,12 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     }
     for arg in a.kernel_args {
         b = b.kernel_arg(arg);
+    }
+    for n in a.nets {
+        b = b.network(n);
+    }
+    for d in a.dns {
+        b = b.dns(d);
     }
     let sandbox = b.start()?;
     let _raw = (a.tty && a.interactive).then(RawMode::enter);

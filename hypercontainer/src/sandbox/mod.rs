@@ -6,7 +6,9 @@
 //! boots a VM with one read-only virtio-blk disk per image layer (EROFS), a
 //! vsock device and an entropy device, with the [agent](crate::guest) as
 //! PID 1, and asks the agent to mount the layers under a writable tmpfs
-//! upper and run the process. The returned [`Sandbox`] streams the
+//! upper and run the process. With [`SandboxBuilder::network`] the VM
+//! also gets a virtio-net device on a host tap, configured in the guest by
+//! the agent (see [`NetworkInterface`]). The returned [`Sandbox`] streams the
 //! process's output, forwards stdin and signals, runs more processes
 //! ([`Sandbox::exec`]) and reports the exit status.
 //!
