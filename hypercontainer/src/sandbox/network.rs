@@ -20,7 +20,15 @@ enum TapSource {
     Fd(OwnedFd),
 }
 
-/// One network interface of a sandbox (see the [module docs](self)).
+/// One network interface of a sandbox: a tap on the host, an IPv4 address
+/// in the guest.
+///
+/// The SDK does not build the host side (bridges, NAT, firewall rules):
+/// the embedding program names a tap (or hands over an open one, e.g.
+/// already configured) and says which address, prefix and gateway the
+/// guest uses. The VM gets a virtio-net device on that tap; the agent finds
+/// the NIC by its MAC address and configures it before the container's
+/// root is built.
 ///
 /// ```
 /// use std::net::Ipv4Addr;
