@@ -1,9 +1,21 @@
 //! virtio-net over a tap device (or any [`NetBackend`]).
 //!
-//! No offloads are negotiated: every frame travels with a zeroed 12-byte
-//! `virtio_net_hdr` and is at most [`MAX_FRAME_LEN`] bytes (Ethernet with a
-//! VLAN tag, 1500-byte MTU). Longer frames, in either direction, are dropped
-//! and counted, as are frames the guest has no room for.
+//! Over a tap opened with `IFF_VNET_HDR` (what [`Tap::open`] does) the
+//! device offers checksum and TCP segmentation offloads both ways: the
+//! guest's `virtio_net_hdr` goes to the tap as is (the host kernel
+//! validates it, and a write it refuses is dropped and counted), and the
+//! tap's header comes back to the guest, so a TCP stream moves in segments
+//! of up to 64 KiB instead of 1500-byte frames. The tap is told which
+//! offloads the guest accepted (`TUNSETOFFLOAD`), so it never hands over a
+//! segment the guest cannot take. Frames are then at most
+//! [`MAX_GSO_FRAME_LEN`] bytes.
+//!
+//! Other backends carry plain frames: no offloads are negotiated, every
+//! frame travels with a zeroed 12-byte header and is at most
+//! [`MAX_FRAME_LEN`] bytes (Ethernet with a VLAN tag, 1500-byte MTU).
+//!
+//! Longer frames, in either direction, are dropped and counted, as are
+//! frames the guest has no room for.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -13,7 +25,10 @@ use std::os::unix::net::UnixDatagram;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error};
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
@@ -28,8 +43,19 @@ use crate::GuestMemoryMmap;
 pub const NET_HDR_LEN: usize = 12;
 /// Largest frame carried: 1500-byte payload, Ethernet header, VLAN tag.
 pub const MAX_FRAME_LEN: usize = 1518;
+/// Largest frame carried with offloads: a 64 KiB IP packet with its
+/// Ethernet header and a VLAN tag.
+pub const MAX_GSO_FRAME_LEN: usize = 65535 + 18;
 /// Smallest frame accepted from the guest (an Ethernet header).
 pub const MIN_FRAME_LEN: usize = 14;
+
+/// The offloads offered over a backend with `virtio_net_hdr`s.
+const OFFLOAD_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6);
 /// Queue size of both queues.
 pub const QUEUE_SIZE: u16 = 256;
 
@@ -72,6 +98,20 @@ pub trait NetBackend: AsRawFd + Send {
     fn recv_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Send one frame.
     fn send_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// Whether frames carry a 12-byte `virtio_net_hdr` in front, both ways
+    /// (a tap with `IFF_VNET_HDR`); then checksum and segmentation offloads
+    /// are offered to the guest. Default: no.
+    fn vnet_hdr(&self) -> bool {
+        false
+    }
+
+    /// Called at activation with the features the guest acknowledged, so
+    /// that the backend hands over only what the guest can take. Default:
+    /// nothing to do.
+    fn set_offloads(&mut self, _acked_features: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A tap device (`IFF_TAP | IFF_NO_PI`), non-blocking.
@@ -79,6 +119,7 @@ pub trait NetBackend: AsRawFd + Send {
 pub struct Tap {
     file: std::fs::File,
     name: String,
+    vnet_hdr: bool,
 }
 
 #[repr(C)]
@@ -89,8 +130,15 @@ struct IfReq {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
 
 impl Tap {
     /// Open (or create) the tap interface `name` (`%d` patterns allowed).
@@ -112,7 +160,7 @@ impl Tap {
             .map_err(tap_err)?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI,
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -124,16 +172,37 @@ impl Tap {
         }
         let end = req.name.iter().position(|&b| b == 0).unwrap_or(16);
         let name = String::from_utf8_lossy(&req.name[..end]).into_owned();
-        Ok(Self { file, name })
+        set_vnet_hdr_len(file.as_raw_fd()).map_err(tap_err)?;
+        Ok(Self {
+            file,
+            name,
+            vnet_hdr: true,
+        })
     }
 
     /// Use an already configured tap fd (e.g. handed over by a network
-    /// manager). It is made non-blocking.
+    /// manager). It is made non-blocking. Offloads are used when it was
+    /// opened with `IFF_VNET_HDR`.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
         set_nonblocking(fd.as_raw_fd()).map_err(Error::Backend)?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a `struct ifreq` into `req`, which has
+        // its layout and outlives the call. On a descriptor that is not a
+        // tun/tap it fails and `req` stays zeroed.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, &mut req) };
+        let vnet_hdr = rc == 0 && req.flags & IFF_VNET_HDR != 0;
+        if vnet_hdr {
+            set_vnet_hdr_len(fd.as_raw_fd()).map_err(Error::Backend)?;
+        }
+        let end = req.name.iter().position(|&b| b == 0).unwrap_or(16);
         Ok(Self {
             file: std::fs::File::from(fd),
-            name: String::new(),
+            name: String::from_utf8_lossy(&req.name[..end]).into_owned(),
+            vnet_hdr,
         })
     }
 
@@ -148,6 +217,18 @@ impl Tap {
     pub fn into_fd(self) -> OwnedFd {
         self.file.into()
     }
+}
+
+/// Headers of [`NET_HDR_LEN`] bytes on a tap with `IFF_VNET_HDR` (the
+/// virtio 1.x layout, with `num_buffers`).
+fn set_vnet_hdr_len(fd: RawFd) -> io::Result<()> {
+    let len: libc::c_int = NET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which
+    // points at `len` for the duration of the call.
+    if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ as _, &len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -177,6 +258,39 @@ impl NetBackend for Tap {
 
     fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         self.file.write(frame).map(|_| ())
+    }
+
+    fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    fn set_offloads(&mut self, acked: u64) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return Ok(());
+        }
+        let has = |bit: u32| acked & (1 << bit) != 0;
+        let mut flags: libc::c_uint = 0;
+        if has(VIRTIO_NET_F_GUEST_CSUM) {
+            flags |= TUN_F_CSUM;
+            if has(VIRTIO_NET_F_GUEST_TSO4) {
+                flags |= TUN_F_TSO4;
+            }
+            if has(VIRTIO_NET_F_GUEST_TSO6) {
+                flags |= TUN_F_TSO6;
+            }
+        }
+        // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                flags as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -241,12 +355,22 @@ impl NetBuilder {
     /// Validate and build.
     pub fn build(self) -> Result<Net> {
         set_nonblocking(self.backend.as_raw_fd()).map_err(Error::Backend)?;
+        let vnet_hdr = self.backend.vnet_hdr();
+        let max_frame = if vnet_hdr {
+            MAX_GSO_FRAME_LEN
+        } else {
+            MAX_FRAME_LEN
+        };
         Ok(Net {
             backend: self.backend,
             mac: self.mac,
             link: EventLoopLink::new().map_err(Error::Device)?,
             queue_sizes: [QUEUE_SIZE; 2],
-            rx_frame: vec![0; MAX_FRAME_LEN + 1],
+            vnet_hdr,
+            max_frame,
+            // Room for the header and one byte more than the largest frame,
+            // to see an oversized one.
+            rx_frame: vec![0; NET_HDR_LEN + max_frame + 1],
             rx_pending: None,
             backend_readable: true,
             registered: None,
@@ -261,6 +385,11 @@ pub struct Net {
     mac: [u8; 6],
     link: EventLoopLink,
     queue_sizes: [u16; 2],
+    /// The backend's frames carry a `virtio_net_hdr`.
+    vnet_hdr: bool,
+    /// Largest frame (without header) carried.
+    max_frame: usize,
+    /// The frame being delivered; with `vnet_hdr` it starts with the header.
     rx_frame: Vec<u8>,
     rx_pending: Option<usize>,
     backend_readable: bool,
@@ -297,7 +426,9 @@ impl Net {
             return;
         };
         let mem = active.mem.clone();
-        let mut frame = Vec::with_capacity(NET_HDR_LEN + MAX_FRAME_LEN);
+        let mut frame = Vec::with_capacity(NET_HDR_LEN + self.max_frame);
+        // With a header-carrying backend the guest's header goes along.
+        let skip = if self.vnet_hdr { 0 } else { NET_HDR_LEN };
         let mut used = false;
         {
             let queue = &mut active.queues[TX];
@@ -311,8 +442,8 @@ impl Net {
                 };
                 let Some(chain) = chain else { break };
                 let chain = Chain::from_chain(chain);
-                match gather_tx(mem.as_ref(), &chain, &mut frame) {
-                    Ok(()) => match self.backend.send_frame(&frame[NET_HDR_LEN..]) {
+                match gather_tx(mem.as_ref(), &chain, &mut frame, self.max_frame) {
+                    Ok(()) => match self.backend.send_frame(&frame[skip..]) {
                         Ok(()) => self.stats.tx_frames += 1,
                         Err(e) => {
                             debug!("virtio-net: backend send failed: {e}");
@@ -348,14 +479,19 @@ impl Net {
                     if !self.backend_readable {
                         break;
                     }
+                    let hdr = if self.vnet_hdr { NET_HDR_LEN } else { 0 };
                     match self.backend.recv_frame(&mut self.rx_frame) {
-                        Ok(n) if n > MAX_FRAME_LEN => {
+                        Ok(n) if n > hdr + self.max_frame => {
                             self.stats.rx_oversized += 1;
                             continue;
                         }
                         Ok(0) => {
                             self.backend_readable = false;
                             break;
+                        }
+                        Ok(n) if n < hdr => {
+                            self.stats.rx_oversized += 1;
+                            continue;
                         }
                         Ok(n) => n,
                         Err(e) => {
@@ -382,7 +518,18 @@ impl Net {
             };
             self.rx_pending = None;
             let chain = Chain::from_chain(chain);
-            let written = scatter_rx(mem.as_ref(), &chain, &self.rx_frame[..len]);
+            let written = if self.vnet_hdr {
+                let (hdr, frame) = self.rx_frame[..len].split_at(NET_HDR_LEN);
+                let mut hdr: [u8; NET_HDR_LEN] = hdr.try_into().expect("header length");
+                scatter_rx(mem.as_ref(), &chain, &mut hdr, frame)
+            } else {
+                scatter_rx(
+                    mem.as_ref(),
+                    &chain,
+                    &mut [0; NET_HDR_LEN],
+                    &self.rx_frame[..len],
+                )
+            };
             if written == 0 {
                 self.stats.rx_no_room += 1;
             } else {
@@ -434,6 +581,7 @@ fn gather_tx(
     mem: &GuestMemoryMmap,
     chain: &Chain,
     frame: &mut Vec<u8>,
+    max_frame: usize,
 ) -> std::result::Result<(), TxError> {
     frame.clear();
     let mut total = 0usize;
@@ -443,7 +591,7 @@ fn gather_tx(
         }
         total = total.saturating_add(d.len() as usize);
     }
-    if total > NET_HDR_LEN + MAX_FRAME_LEN {
+    if total > NET_HDR_LEN + max_frame {
         return Err(TxError::Oversized);
     }
     if total < NET_HDR_LEN + MIN_FRAME_LEN {
@@ -466,11 +614,14 @@ fn gather_tx(
 }
 
 /// Write header and frame into the chain's writable buffers; 0 if they do
-/// not fit.
-fn scatter_rx(mem: &GuestMemoryMmap, chain: &Chain, frame: &[u8]) -> u32 {
-    let mut hdr = [0u8; NET_HDR_LEN];
-    // num_buffers = 1
-    hdr[10] = 1;
+/// not fit. The header's `num_buffers` is set to 1.
+fn scatter_rx(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    hdr: &mut [u8; NET_HDR_LEN],
+    frame: &[u8],
+) -> u32 {
+    hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
     let total = NET_HDR_LEN + frame.len();
     let mut room = 0usize;
     for d in chain.descs.iter() {
@@ -506,7 +657,8 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        device::VERSION_1 | (1 << VIRTIO_NET_F_MAC)
+        let offloads = if self.vnet_hdr { OFFLOAD_FEATURES } else { 0 };
+        device::VERSION_1 | (1 << VIRTIO_NET_F_MAC) | offloads
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -518,6 +670,10 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> device::Result<()> {
+        if let Err(e) = self.backend.set_offloads(activation.acked_features) {
+            // The backend keeps handing over plain frames: still correct.
+            error!("virtio-net: cannot set the backend's offloads: {e}");
+        }
         self.link.activate(activation, 2)
     }
 
@@ -701,12 +857,135 @@ mod tests {
         assert_eq!(&got[NET_HDR_LEN..], &b[..]);
     }
 
+    /// A datagram backend whose frames carry a `virtio_net_hdr`; records
+    /// the offloads it is told.
+    struct VnetDatagram(UnixDatagram, Arc<std::sync::Mutex<Option<u64>>>);
+
+    impl AsRawFd for VnetDatagram {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+
+    impl NetBackend for VnetDatagram {
+        fn recv_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.recv_frame(buf)
+        }
+        fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+            self.0.send_frame(frame)
+        }
+        fn vnet_hdr(&self) -> bool {
+            true
+        }
+        fn set_offloads(&mut self, acked: u64) -> io::Result<()> {
+            *self.1.lock().unwrap() = Some(acked);
+            Ok(())
+        }
+    }
+
+    /// A TCPv4 segmentation header: needs checksum, gso size 1448.
+    fn gso_header() -> [u8; NET_HDR_LEN] {
+        let mut h = [0u8; NET_HDR_LEN];
+        h[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+        h[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+        h[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+        h[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
+        h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+        h[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+        h
+    }
+
+    #[test]
+    fn offloads_pass_headers_and_64k_segments_both_ways() {
+        let mem = Arc::new(guest_memory(1 << 20));
+        let (dev_end, peer) = UnixDatagram::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let told = Arc::new(std::sync::Mutex::new(None));
+        let mut net = Net::builder(Box::new(VnetDatagram(dev_end, told.clone())))
+            .build()
+            .unwrap();
+        assert_eq!(net.features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+        // Room for a chain of 17 descriptors.
+        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 32);
+        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
+        let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue()];
+        let acked = device::VERSION_1 | OFFLOAD_FEATURES;
+        net.activate(activation(
+            &mem,
+            queues,
+            Arc::new(MockInterrupt::new()),
+            acked,
+        ))
+        .unwrap();
+        assert_eq!(*told.lock().unwrap(), Some(acked));
+
+        // Guest to backend: the header goes along, a 60000-byte segment too.
+        let seg = frame(60_000, 5);
+        mem.write_slice(&gso_header(), GuestAddress(0x10000))
+            .unwrap();
+        mem.write_slice(&seg, GuestAddress(0x20000)).unwrap();
+        add_chain(
+            &tx,
+            0,
+            &[
+                TestDesc::read(0x10000, NET_HDR_LEN as u32),
+                TestDesc::read(0x20000, seg.len() as u32),
+            ],
+        );
+        // One byte more than the largest segment.
+        add_chain(
+            &tx,
+            2,
+            &[
+                TestDesc::read(0x10000, NET_HDR_LEN as u32),
+                TestDesc::read(0x20000, MAX_GSO_FRAME_LEN as u32 + 1),
+            ],
+        );
+        net.process_tx();
+        let mut buf = vec![0u8; 70_000];
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..NET_HDR_LEN], &gso_header());
+        assert_eq!(&buf[NET_HDR_LEN..n], &seg[..]);
+        assert!(peer.recv(&mut buf).is_err());
+        assert_eq!((net.stats().tx_frames, net.stats().tx_oversized), (1, 1));
+
+        // Backend to guest: a runt, an oversized segment, then a 65000-byte
+        // one into a chain of pages; its header arrives with num_buffers 1.
+        let big = frame(65_000, 7);
+        peer.send(&[0u8; 5]).unwrap();
+        let mut too_big = gso_header().to_vec();
+        too_big.extend(frame(MAX_GSO_FRAME_LEN + 1, 0));
+        peer.send(&too_big).unwrap();
+        let mut msg = gso_header().to_vec();
+        msg.extend(&big);
+        peer.send(&msg).unwrap();
+        let mut descs = vec![TestDesc::write(0x10000, NET_HDR_LEN as u32)];
+        descs.extend((0..16).map(|i| TestDesc::write(0x40000 + i * 0x1000, 0x1000)));
+        add_chain(&rx, 0, &descs);
+        net.process_rx();
+        assert_eq!(
+            used_entry(&rx, 0),
+            Some((0, (NET_HDR_LEN + big.len()) as u32))
+        );
+        let mut hdr = [0u8; NET_HDR_LEN];
+        mem.read_slice(&mut hdr, GuestAddress(0x10000)).unwrap();
+        let mut want = gso_header();
+        want[10] = 1;
+        assert_eq!(hdr, want);
+        let mut got = vec![0u8; big.len()];
+        mem.read_slice(&mut got, GuestAddress(0x40000)).unwrap();
+        assert_eq!(got, big);
+        let s = net.stats();
+        assert_eq!((s.rx_frames, s.rx_oversized), (1, 2));
+    }
+
     #[test]
     fn tap_device_when_available() {
         // Creating a tap needs CAP_NET_ADMIN and /dev/net/tun.
         match Tap::open("hcvtest%d") {
             Ok(tap) => {
                 assert!(tap.name().starts_with("hcvtest"));
+                assert!(tap.vnet_hdr());
                 let net = Net::builder(Box::new(tap)).build().unwrap();
                 assert_eq!(net.device_type(), device_type::NET);
             }

@@ -382,6 +382,7 @@ n=0; until ping -c 1 -W 1 {HOST_IP} >/dev/null 2>&1 || [ $n -ge 60 ]; do n=$((n+
 ping -c 1 -W 5 {HOST_IP} >/dev/null 2>&1; echo "ping-rc=$?"
 vsock-echo tcp-serve {GUEST_TCP_PORT}; echo "tcp-serve-rc=$?"
 vsock-echo tcp-client {HOST_IP} {HOST_TCP_PORT} {NET_ECHO_BYTES}; echo "tcp-client-rc=$?"
+echo "eth0-counters=$(grep eth0: /proc/net/dev | cut -d: -f2)"
 echo "init-done"
 reboot -f
 "#
