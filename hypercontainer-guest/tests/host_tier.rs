@@ -507,3 +507,24 @@ fn etc_files_replace_image_symlinks_instead_of_following_them() {
     // /etc/passwd (the link's target) is intact: the link was replaced.
     assert_eq!(o.stdout(MAIN), "10.1.2.3 db\n1\nnameserver 1.1.1.1\n");
 }
+
+#[test]
+fn network_interfaces_are_refused_outside_a_vm() {
+    // A host-tier agent shares the host's network: it must not touch it.
+    let mut s = session();
+    s.start_with(|st| {
+        st.process = process(&["true"]);
+        st.network = vec![hypercontainer_protocol::Interface {
+            mac: [2, 0, 0, 0, 0, 1],
+            address: std::net::Ipv4Addr::new(10, 9, 9, 2),
+            prefix_len: 24,
+            gateway: None,
+        }];
+    });
+    let o = s.finish();
+    let (kind, msg) = o.error(MAIN).unwrap();
+    assert_eq!(kind, ErrorKind::InvalidRequest);
+    assert!(msg.contains("only be configured in a VM"), "{msg}");
+    assert!(!o.started(MAIN));
+    assert_eq!(o.status(MAIN), 125);
+}
