@@ -9,6 +9,14 @@
 //!   sends 16 MiB while reading the echo back (each byte crosses the device
 //!   twice). QEMU offers vsock only through the host's `vhost_vsock`
 //!   module, so there is no peer here.
+//! - `net/{vmm,qemu}/tcp_echo_8m`: the same echo over TCP through the
+//!   virtio-net device on a host tap (checksum and segmentation offloads
+//!   on both sides): the host connects to the guest's TCP echo server at
+//!   10.0.5.2 from the tap's 10.0.5.1 and sends 8 MiB while reading the
+//!   echo back. QEMU runs `-device virtio-net-device` on a tap without
+//!   vhost and without offloads (`vnet_hdr=off`: with them its guest's
+//!   connections were reset at once in the emulated host). Needs root and
+//!   `/dev/net/tun`; the host end is configured with busybox's `ip`.
 //!
 //! Both VMMs boot the same kernel and initramfs with the same command line
 //! (apart from the reboot method) and the same raw image; QEMU runs its
@@ -51,6 +59,10 @@ const MEMORY_MIB: u64 = 256;
 const DISK_MIB: u64 = 128;
 const BLOCK_MIB: u64 = 128;
 const VSOCK_BYTES: u64 = 16 << 20;
+const NET_BYTES: u64 = 8 << 20;
+const HOST_IP: &str = "10.0.5.1";
+const GUEST_IP: &str = "10.0.5.2";
+const GUEST_TCP_PORT: u16 = 7000;
 const GUEST_PORT: u32 = 5000;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -65,6 +77,7 @@ enum Work {
     Read,
     Write,
     Vsock,
+    Net,
 }
 
 impl Work {
@@ -73,6 +86,7 @@ impl Work {
             Work::Read => "read",
             Work::Write => "write",
             Work::Vsock => "vsock",
+            Work::Net => "net",
         }
     }
 }
@@ -84,6 +98,8 @@ struct Inputs {
     disk: PathBuf,
     qemu: Option<PathBuf>,
     vsock: bool,
+    busybox: PathBuf,
+    tap: String,
 }
 
 const INIT: &str = r#"#!/bin/sh
@@ -97,6 +113,8 @@ while [ "$i" -lt "${hcn:-1}" ]; do
   read) echo HCSTART; dd if=/dev/vda of=/dev/null bs=1M count=BLOCK_MIB iflag=direct; echo "HCEND $?" ;;
   write) echo HCSTART; dd if=/dev/zero of=/dev/vda bs=1M count=BLOCK_MIB oflag=direct conv=fsync; echo "HCEND $?" ;;
   vsock) vsock-echo serve GUEST_PORT >/dev/null ;;
+  net) ip link set eth0 up 2>/dev/null; ip addr add GUEST_IP/24 dev eth0 2>/dev/null
+       vsock-echo tcp-serve GUEST_TCP_PORT >/dev/null ;;
   esac
   i=$((i+1))
 done
@@ -115,7 +133,9 @@ fn inputs() -> Inputs {
     let echo = std::env::var_os("HYPERCONTAINER_VSOCK_ECHO").map(PathBuf::from);
     let init = INIT
         .replace("BLOCK_MIB", &BLOCK_MIB.to_string())
-        .replace("GUEST_PORT", &GUEST_PORT.to_string());
+        .replace("GUEST_TCP_PORT", &GUEST_TCP_PORT.to_string())
+        .replace("GUEST_PORT", &GUEST_PORT.to_string())
+        .replace("GUEST_IP", GUEST_IP);
     let mut cpio = CpioWriter::new(Vec::new());
     cpio.char_device("/dev/console", Metadata::new(0o600), 5, 1)
         .unwrap()
@@ -150,6 +170,8 @@ fn inputs() -> Inputs {
         disk,
         qemu: std::env::var_os("HYPERCONTAINER_QEMU").map(PathBuf::from),
         vsock: echo.is_some(),
+        busybox,
+        tap: format!("hcb{}", std::process::id()),
     }
 }
 
@@ -226,8 +248,40 @@ fn text(lines: &Lines) -> String {
         .join("\n")
 }
 
-/// Echoes `VSOCK_BYTES` through the guest's echo server; returns the time
-/// from the first byte sent to the last byte of echo received.
+/// Echoes `bytes` through a connected stream; returns the time from the
+/// first byte sent to the last byte of echo received.
+fn echo_once<S: Read + Write + Send + 'static>(
+    stream: S,
+    writer: S,
+    shutdown: impl FnOnce(&S) + Send + 'static,
+    bytes: u64,
+) -> Duration {
+    let mut writer = writer;
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let buf = vec![0x5au8; 64 << 10];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
+            writer.write_all(&buf[..n]).unwrap();
+            sent += n as u64;
+        }
+        shutdown(&writer);
+    });
+    let mut reader = stream;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut received = 0u64;
+    while received < bytes {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "echo ended after {received} bytes");
+        received += n as u64;
+    }
+    let d = start.elapsed();
+    sender.join().unwrap();
+    d
+}
+
+/// Echoes `VSOCK_BYTES` through the guest's vsock echo server.
 fn vsock_echo_once(host: &hypercontainer::vmm::devices::VsockHost) -> Duration {
     let deadline = Instant::now() + TIMEOUT;
     let stream = loop {
@@ -242,29 +296,60 @@ fn vsock_echo_once(host: &hypercontainer::vmm::devices::VsockHost) -> Duration {
             }
         }
     };
-    let mut writer = stream.try_clone().unwrap();
-    let start = Instant::now();
-    let sender = std::thread::spawn(move || {
-        let buf = vec![0x5au8; 64 << 10];
-        let mut sent = 0u64;
-        while sent < VSOCK_BYTES {
-            let n = (VSOCK_BYTES - sent).min(buf.len() as u64) as usize;
-            writer.write_all(&buf[..n]).unwrap();
-            sent += n as u64;
-        }
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let mut reader = stream;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut received = 0u64;
-    while received < VSOCK_BYTES {
-        let n = reader.read(&mut buf).unwrap();
-        assert!(n > 0, "echo ended after {received} bytes");
-        received += n as u64;
+    let writer = stream.try_clone().unwrap();
+    echo_once(
+        stream,
+        writer,
+        |w| w.shutdown(std::net::Shutdown::Write).unwrap(),
+        VSOCK_BYTES,
+    )
+}
+
+/// Gives the host end of the tap its address once it exists.
+fn configure_tap(tap: &str, busybox: &Path) {
+    let sys = PathBuf::from("/sys/class/net").join(tap);
+    let deadline = Instant::now() + TIMEOUT;
+    while !sys.exists() {
+        assert!(Instant::now() < deadline, "tap {tap} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let d = start.elapsed();
-    sender.join().unwrap();
-    d
+    let cidr = format!("{HOST_IP}/24");
+    for args in [
+        vec!["ip", "addr", "add", &cidr, "dev", tap],
+        vec!["ip", "link", "set", tap, "up"],
+    ] {
+        let st = std::process::Command::new(busybox)
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "busybox {args:?}: {st}");
+    }
+}
+
+/// Echoes `NET_BYTES` through the guest's TCP echo server, `n` times.
+fn net_echoes(n: u64) -> Vec<Duration> {
+    let addr: std::net::SocketAddr = format!("{GUEST_IP}:{GUEST_TCP_PORT}").parse().unwrap();
+    (0..n)
+        .map(|_| {
+            let deadline = Instant::now() + TIMEOUT;
+            let stream = loop {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+            let writer = stream.try_clone().unwrap();
+            echo_once(
+                stream,
+                writer,
+                |w| w.shutdown(std::net::Shutdown::Write).unwrap(),
+                NET_BYTES,
+            )
+        })
+        .collect()
 }
 
 /// Boots this VMM running `n` iterations of `work`; returns their times.
@@ -283,6 +368,9 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
     if work == Work::Vsock {
         b = b.vsock(3);
     }
+    if work == Work::Net {
+        b = b.net(hypercontainer::vmm::NetConfig::tap(&i.tap));
+    }
     let mut vm = b.build().expect("build");
     let mut times = Vec::new();
     if work == Work::Vsock {
@@ -290,6 +378,10 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
         for _ in 0..n {
             times.push(vsock_echo_once(&host));
         }
+    }
+    if work == Work::Net {
+        configure_tap(&i.tap, &i.busybox);
+        times = net_echoes(n);
     }
     let outcome = vm.wait_timeout(TIMEOUT);
     drop(vm);
@@ -299,7 +391,7 @@ fn vmm_run(i: &Inputs, work: Work, n: u64) -> Vec<Duration> {
         matches!(outcome, Some(Ok(_))) && console.contains("HCBENCH-DONE"),
         "the guest did not end cleanly: {outcome:?}; console:\n{console}"
     );
-    if work != Work::Vsock {
+    if !matches!(work, Work::Vsock | Work::Net) {
         times = marker_times(&lines);
     }
     assert_eq!(times.len() as u64, n, "console:\n{console}");
@@ -321,11 +413,32 @@ fn qemu_run(i: &Inputs, qemu: &Path, work: Work, n: u64) -> Vec<Duration> {
         "id=d0,if=none,format=raw,file={}",
         i.disk.display()
     ))
+    .args(if work == Work::Net {
+        vec![
+            "-netdev".to_string(),
+            format!(
+                "tap,id=n0,ifname={},script=no,downscript=no,vnet_hdr=off",
+                i.tap
+            ),
+            "-device".to_string(),
+            "virtio-net-device,netdev=n0".to_string(),
+        ]
+    } else {
+        Vec::new()
+    })
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit())
     .spawn()
     .expect("run QEMU");
+    // QEMU's console is read below until it exits: echo meanwhile.
+    let echoes = (work == Work::Net).then(|| {
+        let (tap, busybox) = (i.tap.clone(), i.busybox.clone());
+        std::thread::spawn(move || {
+            configure_tap(&tap, &busybox);
+            net_echoes(n)
+        })
+    });
     let mut out = child.stdout.take().unwrap();
     let mut clock = LineClock::default();
     let mut buf = [0u8; 4096];
@@ -341,7 +454,10 @@ fn qemu_run(i: &Inputs, qemu: &Path, work: Work, n: u64) -> Vec<Duration> {
         console.contains("HCBENCH-DONE"),
         "QEMU's guest did not finish ({status}); console:\n{console}"
     );
-    let times = marker_times(&clock.lines);
+    let times = match echoes {
+        Some(t) => t.join().expect("the TCP echoes"),
+        None => marker_times(&clock.lines),
+    };
     assert_eq!(times.len() as u64, n, "console:\n{console}");
     times
 }
@@ -403,8 +519,23 @@ fn benches(c: &mut Criterion) {
             b.iter_custom(|n| measure("vmm/vsock_echo_16m", vmm_run(&i, Work::Vsock, n)))
         });
         g.finish();
+        let mut g = c.benchmark_group("net");
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_secs(10))
+            .throughput(Throughput::Bytes(NET_BYTES));
+        g.bench_function("vmm/tcp_echo_8m", |b| {
+            b.iter_custom(|n| measure("vmm/tcp_echo_8m", vmm_run(&i, Work::Net, n)))
+        });
+        if let Some(qemu) = &i.qemu {
+            g.bench_function("qemu/tcp_echo_8m", |b| {
+                b.iter_custom(|n| measure("qemu/tcp_echo_8m", qemu_run(&i, qemu, Work::Net, n)))
+            });
+        }
+        g.finish();
     } else {
-        eprintln!("HYPERCONTAINER_VSOCK_ECHO is not set: no vsock benchmark");
+        eprintln!("HYPERCONTAINER_VSOCK_ECHO is not set: no vsock or net benchmark");
     }
     let pairs: u64 = std::env::var("HYPERCONTAINER_DEVICE_PAIRS")
         .ok()
@@ -451,6 +582,8 @@ fn summary() {
         ("vmm/seq_write", BLOCK_MIB),
         ("qemu/seq_write", BLOCK_MIB),
         ("vmm/vsock_echo_16m", VSOCK_BYTES >> 20),
+        ("vmm/tcp_echo_8m", NET_BYTES >> 20),
+        ("qemu/tcp_echo_8m", NET_BYTES >> 20),
         ("pair_vmm/seq_read", BLOCK_MIB),
         ("pair_qemu/seq_read", BLOCK_MIB),
         ("pair_vmm/seq_write", BLOCK_MIB),
@@ -464,7 +597,7 @@ fn summary() {
         }
     }
     for prefix in ["", "pair_"] {
-        for work in ["seq_read", "seq_write"] {
+        for work in ["seq_read", "seq_write", "tcp_echo_8m"] {
             if let (Some((ours, _)), Some((qemu, _))) = (
                 median(&format!("{prefix}vmm/{work}")),
                 median(&format!("{prefix}qemu/{work}")),

@@ -30,7 +30,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::{
@@ -636,16 +636,29 @@ fn scatter_rx(
     if room < total {
         return 0;
     }
-    let mut src = hdr.iter().chain(frame.iter()).copied();
-    let mut buf = Vec::with_capacity(total);
+    // Copy slices, not bytes: header, then frame, across the buffers.
+    let mut pos = 0usize;
     for d in chain.descs.iter() {
-        buf.clear();
-        buf.extend(src.by_ref().take(d.len() as usize));
-        if buf.is_empty() {
-            break;
+        let mut at = d.addr();
+        let end = (pos + d.len() as usize).min(total);
+        while pos < end {
+            let src = if pos < NET_HDR_LEN {
+                &hdr[pos..]
+            } else {
+                &frame[pos - NET_HDR_LEN..]
+            };
+            let n = src.len().min(end - pos);
+            if mem.write_slice(&src[..n], at).is_err() {
+                return 0;
+            }
+            at = match at.checked_add(n as u64) {
+                Some(a) => a,
+                None => return 0,
+            };
+            pos += n;
         }
-        if mem.write_slice(&buf, d.addr()).is_err() {
-            return 0;
+        if pos == total {
+            break;
         }
     }
     total as u32
