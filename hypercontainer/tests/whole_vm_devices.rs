@@ -506,15 +506,7 @@ reboot -f
     assert_eq!(v("serve-rc="), "0");
     assert_eq!(v("client-rc="), "0");
     assert_eq!(v("vsock-echo client ok "), ECHO_BYTES.to_string());
-    let (n, t) = h2g.join().unwrap().expect("host -> guest echo");
-    assert_eq!(n, ECHO_BYTES);
-    let g = g2h.join().unwrap().expect("guest -> host echo");
-    assert_eq!(g, ECHO_BYTES);
-    eprintln!(
-        "vsock host->guest echo: {} MiB each way in {t:.2?} ({:.1} MiB/s)",
-        ECHO_BYTES >> 20,
-        (ECHO_BYTES >> 20) as f64 / t.as_secs_f64()
-    );
+    check_echoes("vsock", h2g, g2h, ECHO_BYTES);
 
     // Net: the MAC, ICMP to the tap, TCP echo both ways.
     assert_eq!(v("net-up-rc="), "0");
@@ -523,14 +515,31 @@ reboot -f
     assert_eq!(v("tcp-serve-rc="), "0");
     assert_eq!(v("tcp-client-rc="), "0");
     assert_eq!(v("tcp-echo client ok "), NET_ECHO_BYTES.to_string());
-    let (n, t) = tcp_h2g.join().unwrap().expect("host -> guest TCP echo");
-    assert_eq!(n, NET_ECHO_BYTES);
-    let g = tcp_g2h.join().unwrap().expect("guest -> host TCP echo");
-    assert_eq!(g, NET_ECHO_BYTES);
+    check_echoes("net (TCP)", tcp_h2g, tcp_g2h, NET_ECHO_BYTES);
+}
+
+/// Joins the host's two echo threads of one transport, checks that both
+/// carried `bytes`, and prints the host-to-guest throughput.
+fn check_echoes(
+    what: &str,
+    host_to_guest: std::thread::JoinHandle<Result<(u64, Duration), String>>,
+    guest_to_host: std::thread::JoinHandle<Result<u64, String>>,
+    bytes: u64,
+) {
+    let (n, t) = host_to_guest
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what} host -> guest echo: {e}"));
+    assert_eq!(n, bytes);
+    let g = guest_to_host
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what} guest -> host echo: {e}"));
+    assert_eq!(g, bytes);
     eprintln!(
-        "net host->guest TCP echo: {} MiB each way in {t:.2?} ({:.1} MiB/s)",
-        NET_ECHO_BYTES >> 20,
-        (NET_ECHO_BYTES >> 20) as f64 / t.as_secs_f64()
+        "{what} host->guest echo: {} MiB each way in {t:.2?} ({:.1} MiB/s)",
+        bytes >> 20,
+        (bytes >> 20) as f64 / t.as_secs_f64()
     );
 }
 
