@@ -158,29 +158,23 @@ trait EchoStream: Read + Write + Send + Sized + 'static {
     fn read_timeout(&self, t: Duration) -> std::io::Result<()>;
 }
 
-impl EchoStream for UnixStream {
-    fn duplicate(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_write(&self) -> std::io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-    fn read_timeout(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))
-    }
+/// The std socket streams have the same inherent methods.
+macro_rules! echo_stream {
+    ($($t:ty),*) => {$(
+        impl EchoStream for $t {
+            fn duplicate(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn shutdown_write(&self) -> std::io::Result<()> {
+                self.shutdown(std::net::Shutdown::Write)
+            }
+            fn read_timeout(&self, t: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(t))
+            }
+        }
+    )*};
 }
-
-impl EchoStream for TcpStream {
-    fn duplicate(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_write(&self) -> std::io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-    fn read_timeout(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))
-    }
-}
+echo_stream!(UnixStream, TcpStream);
 
 /// Sends `bytes` of the pattern on one thread, reads and compares the echo
 /// on this one.
