@@ -30,7 +30,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::{
@@ -427,8 +427,7 @@ impl Net {
         };
         let mem = active.mem.clone();
         let mut frame = Vec::with_capacity(NET_HDR_LEN + self.max_frame);
-        // With a header-carrying backend the guest's header goes along.
-        let skip = if self.vnet_hdr { 0 } else { NET_HDR_LEN };
+        let skip = backend_offset(self.vnet_hdr);
         let mut used = false;
         {
             let queue = &mut active.queues[TX];
@@ -473,15 +472,17 @@ impl Net {
         let mem = active.mem.clone();
         let mut used = false;
         loop {
+            // `rx_frame[..len]` holds header and frame; a plain backend's
+            // frame lands after a header that stays zeroed.
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => {
                     if !self.backend_readable {
                         break;
                     }
-                    let hdr = if self.vnet_hdr { NET_HDR_LEN } else { 0 };
-                    match self.backend.recv_frame(&mut self.rx_frame) {
-                        Ok(n) if n > hdr + self.max_frame => {
+                    let offset = backend_offset(self.vnet_hdr);
+                    match self.backend.recv_frame(&mut self.rx_frame[offset..]) {
+                        Ok(n) if offset + n > NET_HDR_LEN + self.max_frame => {
                             self.stats.rx_oversized += 1;
                             continue;
                         }
@@ -489,11 +490,11 @@ impl Net {
                             self.backend_readable = false;
                             break;
                         }
-                        Ok(n) if n < hdr => {
+                        Ok(n) if offset + n < NET_HDR_LEN => {
                             self.stats.rx_oversized += 1;
                             continue;
                         }
-                        Ok(n) => n,
+                        Ok(n) => offset + n,
                         Err(e) => {
                             if e.kind() != io::ErrorKind::WouldBlock {
                                 debug!("virtio-net: backend receive failed: {e}");
@@ -518,18 +519,7 @@ impl Net {
             };
             self.rx_pending = None;
             let chain = Chain::from_chain(chain);
-            let written = if self.vnet_hdr {
-                let (hdr, frame) = self.rx_frame[..len].split_at(NET_HDR_LEN);
-                let mut hdr: [u8; NET_HDR_LEN] = hdr.try_into().expect("header length");
-                scatter_rx(mem.as_ref(), &chain, &mut hdr, frame)
-            } else {
-                scatter_rx(
-                    mem.as_ref(),
-                    &chain,
-                    &mut [0; NET_HDR_LEN],
-                    &self.rx_frame[..len],
-                )
-            };
+            let written = scatter_rx(mem.as_ref(), &chain, &mut self.rx_frame[..len]);
             if written == 0 {
                 self.stats.rx_no_room += 1;
             } else {
@@ -613,16 +603,22 @@ fn gather_tx(
     Ok(())
 }
 
-/// Write header and frame into the chain's writable buffers; 0 if they do
-/// not fit. The header's `num_buffers` is set to 1.
-fn scatter_rx(
-    mem: &GuestMemoryMmap,
-    chain: &Chain,
-    hdr: &mut [u8; NET_HDR_LEN],
-    frame: &[u8],
-) -> u32 {
-    hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-    let total = NET_HDR_LEN + frame.len();
+/// Where the backend's bytes start in a header-and-frame buffer: after the
+/// header for a plain backend (the device writes or drops the header
+/// itself), at 0 for one that carries headers.
+fn backend_offset(vnet_hdr: bool) -> usize {
+    if vnet_hdr {
+        0
+    } else {
+        NET_HDR_LEN
+    }
+}
+
+/// Write `packet` (header and frame) into the chain's writable buffers; 0
+/// if it does not fit. The header's `num_buffers` is set to 1.
+fn scatter_rx(mem: &GuestMemoryMmap, chain: &Chain, packet: &mut [u8]) -> u32 {
+    packet[10..12].copy_from_slice(&1u16.to_le_bytes());
+    let total = packet.len();
     let mut room = 0usize;
     for d in chain.descs.iter() {
         if !d.is_write_only() {
@@ -636,30 +632,16 @@ fn scatter_rx(
     if room < total {
         return 0;
     }
-    // Copy slices, not bytes: header, then frame, across the buffers.
-    let mut pos = 0usize;
+    let mut rest: &[u8] = packet;
     for d in chain.descs.iter() {
-        let mut at = d.addr();
-        let end = (pos + d.len() as usize).min(total);
-        while pos < end {
-            let src = if pos < NET_HDR_LEN {
-                &hdr[pos..]
-            } else {
-                &frame[pos - NET_HDR_LEN..]
-            };
-            let n = src.len().min(end - pos);
-            if mem.write_slice(&src[..n], at).is_err() {
-                return 0;
-            }
-            at = match at.checked_add(n as u64) {
-                Some(a) => a,
-                None => return 0,
-            };
-            pos += n;
-        }
-        if pos == total {
+        if rest.is_empty() {
             break;
         }
+        let (now, later) = rest.split_at(rest.len().min(d.len() as usize));
+        if mem.write_slice(now, d.addr()).is_err() {
+            return 0;
+        }
+        rest = later;
     }
     total as u32
 }
