@@ -36,16 +36,9 @@ pub enum Error {
     Socket(io::Error),
 }
 
-fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The name of the interface with `mac`.
 fn find_by_mac(mac: &[u8; 6]) -> Result<String, Error> {
-    let want = mac_string(mac);
+    let want = hypercontainer_protocol::mac_to_string(mac);
     let entries = std::fs::read_dir("/sys/class/net").map_err(|e| Error::Ioctl {
         what: "listing /sys/class/net",
         ifname: String::new(),
@@ -183,14 +176,6 @@ pub fn configure(ifaces: &[Interface]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mac_strings_match_sysfs() {
-        assert_eq!(
-            mac_string(&[2, 0x48, 0x43, 0, 0xab, 1]),
-            "02:48:43:00:ab:01"
-        );
-    }
 
     #[test]
     fn ifreq_names_are_cut_to_fit() {

@@ -98,6 +98,7 @@ pub mod codec;
 pub mod message;
 
 pub use codec::{Error, FrameDecoder, Result};
+pub use message::mac_to_string;
 pub use message::{
     BootStage, ErrorKind, Hello, Interface, Message, Process, ProcessId, Rlimit, RlimitResource,
     Rootfs, Start, Upper, WindowSize, MAX_INTERFACES,

@@ -263,6 +263,19 @@ pub struct Start {
     pub network: Vec<Interface>,
 }
 
+/// `mac` as Linux shows it (`/sys/class/net/*/address`): lowercase hex
+/// pairs joined by colons.
+///
+/// ```
+/// assert_eq!(hypercontainer_protocol::mac_to_string(&[2, 0x48, 0x43, 0, 0xab, 1]), "02:48:43:00:ab:01");
+/// ```
+pub fn mac_to_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Most interfaces one [`Start`] configures.
 pub const MAX_INTERFACES: usize = 8;
 
@@ -537,5 +550,16 @@ impl Message {
     /// Whether the agent sends this message.
     pub fn is_guest_to_host(&self) -> bool {
         matches!(self, Self::Hello(_)) || !self.is_host_to_guest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mac_strings_match_sysfs() {
+        assert_eq!(
+            super::mac_to_string(&[2, 0x48, 0x43, 0, 0xab, 1]),
+            "02:48:43:00:ab:01"
+        );
     }
 }

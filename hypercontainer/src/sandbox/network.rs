@@ -102,7 +102,7 @@ impl NetworkInterface {
             if m[0] & 1 != 0 {
                 return Err(format!(
                     "MAC address {} is a multicast address",
-                    mac_string(&m)
+                    hypercontainer_protocol::mac_to_string(&m)
                 ));
             }
         }
@@ -129,13 +129,6 @@ impl NetworkInterface {
         };
         (config, iface)
     }
-}
-
-fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// A locally administered unicast MAC for interface `index` of the sandbox
