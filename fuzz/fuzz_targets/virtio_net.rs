@@ -6,11 +6,11 @@
 #![no_main]
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
-use hypercontainer_virtio::net::{Net, NetBackend, MAX_FRAME_LEN, MAX_GSO_FRAME_LEN, NET_HDR_LEN};
+use hypercontainer_virtio::net::{Net, MAX_FRAME_LEN, MAX_GSO_FRAME_LEN, NET_HDR_LEN};
+use hypercontainer_virtio::test_utils::DatagramBackend;
 use hypercontainer_virtio::{Activation, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
@@ -21,27 +21,6 @@ struct NoIrq;
 impl Interrupt for NoIrq {
     fn trigger(&self, _: InterruptType) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// A datagram backend, optionally carrying `virtio_net_hdr`s.
-struct Backend(UnixDatagram, bool);
-
-impl AsRawFd for Backend {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-impl NetBackend for Backend {
-    fn recv_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv_frame(buf)
-    }
-    fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.0.send_frame(frame)
-    }
-    fn vnet_hdr(&self) -> bool {
-        self.1
     }
 }
 
@@ -81,9 +60,13 @@ fuzz_target!(|data: &[u8]| {
 
     let (dev_end, peer) = UnixDatagram::pair().unwrap();
     peer.set_nonblocking(true).unwrap();
-    let mut net = Net::builder(Box::new(Backend(dev_end, vnet)))
-        .build()
-        .unwrap();
+    let mut net = Net::builder(Box::new(DatagramBackend {
+        socket: dev_end,
+        vnet_hdr: vnet,
+        offloads: Default::default(),
+    }))
+    .build()
+    .unwrap();
     let queues: Vec<Queue> = RINGS
         .iter()
         .map(|(desc, avail, used)| {

@@ -718,7 +718,7 @@ mod tests {
     use super::*;
     use crate::test_utils::TestQueue;
     use crate::test_utils::{
-        activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc,
+        activation, add_chain, guest_memory, used_entry, DatagramBackend, MockInterrupt, TestDesc,
     };
 
     fn frame(len: usize, seed: u8) -> Vec<u8> {
@@ -852,32 +852,6 @@ mod tests {
         assert_eq!(&got[NET_HDR_LEN..], &b[..]);
     }
 
-    /// A datagram backend whose frames carry a `virtio_net_hdr`; records
-    /// the offloads it is told.
-    struct VnetDatagram(UnixDatagram, Arc<std::sync::Mutex<Option<u64>>>);
-
-    impl AsRawFd for VnetDatagram {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_raw_fd()
-        }
-    }
-
-    impl NetBackend for VnetDatagram {
-        fn recv_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.0.recv_frame(buf)
-        }
-        fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-            self.0.send_frame(frame)
-        }
-        fn vnet_hdr(&self) -> bool {
-            true
-        }
-        fn set_offloads(&mut self, acked: u64) -> io::Result<()> {
-            *self.1.lock().unwrap() = Some(acked);
-            Ok(())
-        }
-    }
-
     /// A TCPv4 segmentation header: needs checksum, gso size 1448.
     fn gso_header() -> [u8; NET_HDR_LEN] {
         let mut h = [0u8; NET_HDR_LEN];
@@ -896,9 +870,13 @@ mod tests {
         let (dev_end, peer) = UnixDatagram::pair().unwrap();
         peer.set_nonblocking(true).unwrap();
         let told = Arc::new(std::sync::Mutex::new(None));
-        let mut net = Net::builder(Box::new(VnetDatagram(dev_end, told.clone())))
-            .build()
-            .unwrap();
+        let mut net = Net::builder(Box::new(DatagramBackend {
+            socket: dev_end,
+            vnet_hdr: true,
+            offloads: told.clone(),
+        }))
+        .build()
+        .unwrap();
         assert_eq!(net.features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
         // Room for a chain of 17 descriptors.
         let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 32);
