@@ -528,15 +528,10 @@ impl SandboxBuilder {
             .and_then(parse_signal)
             .unwrap_or(libc::SIGTERM);
 
-        let mut cmdline = SANDBOX_CMDLINE.to_string();
-        for a in &self.kernel_args {
-            cmdline.push(' ');
-            cmdline.push_str(a);
-        }
         let mut b = VmBuilder::new()
             .kernel(&kernel)
             .initramfs(&initramfs.path)
-            .cmdline(cmdline)
+            .cmdline(SANDBOX_CMDLINE)
             .memory_mib(self.memory_mib)
             .vcpus(self.vcpus)
             .share_kernel_pages(self.share_kernel_pages);
@@ -555,6 +550,9 @@ impl SandboxBuilder {
                     .read_only(d.read_only)
                     .serial(&d.serial),
             );
+        }
+        for a in &self.kernel_args {
+            b = b.append_cmdline(a);
         }
         let mut interfaces = Vec::new();
         for (i, n) in self.network.into_iter().enumerate() {
