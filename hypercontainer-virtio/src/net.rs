@@ -145,9 +145,7 @@ impl Tap {
     /// Needs `CAP_NET_ADMIN` unless the interface exists and belongs to the
     /// caller.
     pub fn open(name: &str) -> Result<Self> {
-        if name.is_empty() || name.len() > 15 || name.contains('\0') {
-            return Err(Error::InterfaceName(name.to_string()));
-        }
+        check_interface_name(name)?;
         let tap_err = |source| Error::Tap {
             name: name.to_string(),
             source,
@@ -217,6 +215,18 @@ impl Tap {
     pub fn into_fd(self) -> OwnedFd {
         self.file.into()
     }
+}
+
+/// Checks `name` against what Linux accepts as an interface name: 1 to 15
+/// bytes, no `/`, NUL or white space (a `%d` pattern is fine).
+pub fn check_interface_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(|c: char| c == '/' || c == '\0' || c.is_whitespace())
+    {
+        return Err(Error::InterfaceName(name.to_string()));
+    }
+    Ok(())
 }
 
 /// Headers of [`NET_HDR_LEN`] bytes on a tap with `IFF_VNET_HDR` (the

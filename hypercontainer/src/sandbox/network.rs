@@ -94,9 +94,7 @@ impl NetworkInterface {
             ));
         }
         if let TapSource::Name(n) = &self.tap {
-            if n.is_empty() || n.len() > 15 || n.contains(['/', '\0', ' ']) {
-                return Err(format!("invalid tap interface name {n:?}"));
-            }
+            hypercontainer_virtio::net::check_interface_name(n).map_err(|e| e.to_string())?;
         }
         if let Some(m) = self.mac {
             if m[0] & 1 != 0 {
