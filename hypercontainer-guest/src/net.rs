@@ -31,6 +31,9 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// The interfaces could not be listed.
+    #[error("listing /sys/class/net: {0}")]
+    ListInterfaces(io::Error),
     /// The control socket could not be created.
     #[error("creating a socket for interface configuration: {0}")]
     Socket(io::Error),
@@ -39,11 +42,7 @@ pub enum Error {
 /// The name of the interface with `mac`.
 fn find_by_mac(mac: &[u8; 6]) -> Result<String, Error> {
     let want = hypercontainer_protocol::mac_to_string(mac);
-    let entries = std::fs::read_dir("/sys/class/net").map_err(|e| Error::Ioctl {
-        what: "listing /sys/class/net",
-        ifname: String::new(),
-        source: e,
-    })?;
+    let entries = std::fs::read_dir("/sys/class/net").map_err(Error::ListInterfaces)?;
     for e in entries.flatten() {
         let addr = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
         if addr.trim().eq_ignore_ascii_case(&want) {
