@@ -97,33 +97,47 @@ fn cold_start(share_kernel_pages: bool) -> (Duration, BootTimings) {
     (took, s.boot_timings())
 }
 
-/// What the QEMU peer boots: the sandbox's own kernel, agent initramfs and
-/// layer disks.
-struct PeerInputs {
-    qemu: PathBuf,
+/// The sandbox's guest stack, prepared as `start()` does: the kernel, the
+/// agent initramfs and the image's EROFS layer disks (through the store).
+struct GuestStack {
     kernel: PathBuf,
     initramfs: PathBuf,
     layers: Vec<PathBuf>,
 }
 
-fn peer_inputs() -> Option<PeerInputs> {
-    let qemu = std::env::var_os("HYPERCONTAINER_QEMU").map(PathBuf::from)?;
-    let store_root = hypercontainer::kernel::cache_dir().ok()?.join("images");
-    let store = ImageStore::open(&store_root).ok()?;
+fn store_root() -> PathBuf {
+    hypercontainer::kernel::cache_dir().unwrap().join("images")
+}
+
+fn guest_stack(store_root: &std::path::Path) -> GuestStack {
+    let store = ImageStore::open(store_root).unwrap();
     let ImageRef::Source { source, reference } = image_ref() else {
         unreachable!()
     };
-    let image = store.import(&source, reference.as_deref()).ok()?;
-    let agent = hypercontainer::guest::default_agent().ok()?;
-    Some(PeerInputs {
-        qemu,
-        kernel: hypercontainer::kernel::default_kernel().ok()?,
-        initramfs: hypercontainer::guest::agent_initramfs(&agent).ok()?.path,
+    let image = store.import(&source, reference.as_deref()).unwrap();
+    let agent = hypercontainer::guest::default_agent().unwrap();
+    GuestStack {
+        kernel: hypercontainer::kernel::default_kernel().unwrap(),
+        initramfs: hypercontainer::guest::agent_initramfs(&agent).unwrap().path,
         layers: image
             .layers
             .iter()
             .map(|l| l.erofs_path.clone().expect("an EROFS layer disk"))
             .collect(),
+    }
+}
+
+/// What the QEMU peer boots: the sandbox's own guest stack.
+struct PeerInputs {
+    qemu: PathBuf,
+    stack: GuestStack,
+}
+
+fn peer_inputs() -> Option<PeerInputs> {
+    let qemu = std::env::var_os("HYPERCONTAINER_QEMU").map(PathBuf::from)?;
+    Some(PeerInputs {
+        qemu,
+        stack: guest_stack(&store_root()),
     })
 }
 
@@ -142,8 +156,8 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
     let mut cmd = qemu::microvm(
         &p.qemu,
         hypercontainer::sandbox::DEFAULT_MEMORY_MIB,
-        &p.kernel,
-        &p.initramfs,
+        &p.stack.kernel,
+        &p.stack.initramfs,
         &cmdline,
     );
     cmd.args(["-serial", "null"])
@@ -155,7 +169,7 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
         ))
         .args(["-device", "virtconsole,chardev=agent"])
         .args(["-device", "virtio-rng-device"]);
-    for (i, l) in p.layers.iter().enumerate() {
+    for (i, l) in p.stack.layers.iter().enumerate() {
         cmd.arg("-drive").arg(format!(
             "if=none,id=d{i},file={},format=raw,readonly=on",
             l.display()
@@ -186,7 +200,9 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
             Start {
                 id: 0,
                 rootfs: Rootfs::Layers {
-                    layers: (0..p.layers.len()).map(|i| format!("layer{i}")).collect(),
+                    layers: (0..p.stack.layers.len())
+                        .map(|i| format!("layer{i}"))
+                        .collect(),
                     upper: Upper::Tmpfs,
                 },
                 process: Process {
@@ -306,23 +322,17 @@ fn sandbox_benches(c: &mut Criterion) {
 /// The host-side part of a start, up to the first `KVM_RUN`, and the VMM's
 /// memory outside guest RAM.
 fn host_side() -> (Duration, u64) {
-    let store_root = hypercontainer::kernel::cache_dir().unwrap().join("images");
+    let store_root = store_root();
     let t0 = Instant::now();
-    let store = ImageStore::open(&store_root).unwrap();
-    let ImageRef::Source { source, reference } = image_ref() else {
-        unreachable!()
-    };
-    let image = store.import(&source, reference.as_deref()).unwrap();
-    let agent = hypercontainer::guest::default_agent().unwrap();
-    let initramfs = hypercontainer::guest::agent_initramfs(&agent).unwrap();
+    let stack = guest_stack(&store_root);
     let mut b = VmBuilder::new()
-        .kernel(hypercontainer::kernel::default_kernel().unwrap())
-        .initramfs(&initramfs.path)
+        .kernel(&stack.kernel)
+        .initramfs(&stack.initramfs)
         .cmdline(hypercontainer::sandbox::SANDBOX_CMDLINE)
         .memory_mib(hypercontainer::sandbox::DEFAULT_MEMORY_MIB);
-    for (i, l) in image.layers.iter().enumerate() {
+    for (i, l) in stack.layers.iter().enumerate() {
         b = b.block(
-            BlockConfig::new(l.erofs_path.clone().unwrap())
+            BlockConfig::new(l)
                 .read_only(true)
                 .serial(format!("layer{i}")),
         );
