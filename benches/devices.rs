@@ -253,11 +253,10 @@ fn text(lines: &Lines) -> String {
 /// first byte sent to the last byte of echo received.
 fn echo_once<S: Read + Write + Send + 'static>(
     stream: S,
-    writer: S,
+    mut writer: S,
     shutdown: impl FnOnce(&S) + Send + 'static,
     bytes: u64,
 ) -> Duration {
-    let mut writer = writer;
     let start = Instant::now();
     let sender = std::thread::spawn(move || {
         let buf = vec![0x5au8; 64 << 10];
