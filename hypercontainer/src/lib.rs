@@ -45,6 +45,7 @@ pub mod host;
 pub mod initramfs;
 pub mod kernel;
 pub mod sandbox;
+pub mod spec;
 pub mod vmm;
 
 pub use sandbox::{Exec, ImageRef, Output, Process, Sandbox, SandboxBuilder};
