@@ -35,6 +35,13 @@
 //!   skipped, as runc skips names libseccomp cannot resolve. The names are
 //!   resolved with the `syscalls` crate's x86_64 table.
 //!
+//! Two differences from runc, neither of which the shipped profiles touch:
+//! runc splits an entry with two conditions on the same argument into
+//! separate (ORed) rules, an old libseccomp workaround, where here they are
+//! ANDed as the runtime spec reads; and runc patches its filter so that
+//! system calls newer than its libseccomp's table get `ENOSYS` whatever the
+//! default action, where here they get the default action.
+//!
 //! # Filters: one per action, stacked
 //!
 //! A `seccompiler` filter has one match action and one mismatch action,
