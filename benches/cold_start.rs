@@ -217,6 +217,7 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
                 hosts: None,
                 resolv_conf: None,
                 network: Vec::new(),
+                spec: hypercontainer_protocol::bare_spec(),
             },
             AgentOutput::Piped,
             AgentOutput::Piped,

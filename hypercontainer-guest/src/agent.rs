@@ -10,7 +10,8 @@ use hypercontainer_protocol::{
     Start, AGENT_OUTPUT_QUEUE, MAX_DATA_CHUNK, STDIN_WINDOW,
 };
 
-use crate::{rootfs, spawn, sys};
+use crate::container::{cgroups, Container};
+use crate::{spawn, sys};
 
 /// How the agent was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,10 @@ pub struct Agent {
     out_pos: usize,
     sigchld: OwnedFd,
     hello: bool,
-    started: bool,
+    /// The container, once started (one per VM for now).
+    container: Option<Container>,
+    /// The cgroup v2 hierarchy containers are limited in (a VM's own).
+    cgroups: Option<cgroups::Hierarchy>,
     procs: Vec<Proc>,
     used_ids: HashSet<ProcessId>,
     main_id: Option<ProcessId>,
@@ -71,6 +75,20 @@ impl Agent {
     pub fn new(conn: OwnedFd, mode: Mode) -> io::Result<Self> {
         sys::set_cloexec(conn.as_raw_fd())?;
         sys::set_nonblocking(conn.as_raw_fd(), true)?;
+        // A host-tier agent shares its host's cgroups and limits nothing.
+        let cgroups = match mode {
+            Mode::Vm => match cgroups::Hierarchy::mount_in_vm() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    eprintln!(
+                        "hypercontainer-agent: warning: no cgroup limits: {}",
+                        error_chain(&e)
+                    );
+                    None
+                }
+            },
+            Mode::Host => None,
+        };
         Ok(Self {
             conn,
             decoder: FrameDecoder::new(),
@@ -78,7 +96,8 @@ impl Agent {
             out_pos: 0,
             sigchld: sys::sigchld_fd()?,
             hello: false,
-            started: false,
+            container: None,
+            cgroups,
             procs: Vec::new(),
             used_ids: HashSet::new(),
             main_id: None,
@@ -345,7 +364,13 @@ impl Agent {
                     }
                 }
             }
-            _ => unreachable!("filtered by direction above"),
+            other => {
+                // Filtered by direction above; never trust that here.
+                return self.protocol_error(format!(
+                    "unexpected message type {:#04x} from the host",
+                    other.type_code()
+                ));
+            }
         }
         Ok(())
     }
@@ -383,12 +408,16 @@ impl Agent {
             // Reported last, by `finish`.
             self.main_status = Some(status);
         } else {
-            self.send(&Message::Exited { id, status });
+            self.send(&Message::Exited {
+                id,
+                status,
+                oom_killed: false,
+            });
         }
     }
 
     fn start(&mut self, s: Start) {
-        if self.started {
+        if self.container.is_some() || self.main_id.is_some() {
             self.send_error(
                 None,
                 ErrorKind::InvalidRequest,
@@ -399,25 +428,38 @@ impl Agent {
         if !self.claim_id(s.id) {
             return;
         }
-        self.started = true;
         self.main_id = Some(s.id);
         crate::trace::trace!("start request received");
         if let Err((kind, msg)) = self.configure_network(&s.network) {
             self.fail_start(s.id, true, kind, msg);
             return;
         }
-        if let Err(e) = rootfs::enter(&s.rootfs).and_then(|()| {
-            rootfs::write_identity(&s.hostname, s.hosts.as_deref(), s.resolv_conf.as_deref())
-        }) {
-            let msg = error_chain(&e);
-            self.fail_start(s.id, true, ErrorKind::Rootfs, msg);
-            return;
-        }
+        let container = match Container::create(&s, self.cgroups.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail_start(s.id, true, ErrorKind::Rootfs, error_chain(&e));
+                return;
+            }
+        };
+        crate::trace::trace!("root filesystem ready");
         self.send(&Message::BootStage {
             stage: BootStage::RootfsReady,
             boottime_ns: sys::boottime_ns(),
         });
-        self.spawn(s.id, &s.process, true);
+        let spawned = spawn::spawn(
+            &s.process,
+            &container.init_entry(),
+            container.confinement(),
+            container.root(),
+        );
+        let container = self.container.insert(container);
+        if let Ok(sp) = &spawned {
+            if let Err(e) = container.started(sp.pid) {
+                // Execs will fail; the main process runs on.
+                eprintln!("hypercontainer-agent: {}", error_chain(&e));
+            }
+        }
+        self.spawned(s.id, spawned, true);
     }
 
     /// In a VM: loopback up, then the requested interfaces. A host-tier
@@ -438,7 +480,7 @@ impl Agent {
         if !self.claim_id(id) {
             return;
         }
-        if !self.started {
+        let Some(container) = &self.container else {
             self.fail_start(
                 id,
                 false,
@@ -446,12 +488,27 @@ impl Agent {
                 "exec before the container is started".into(),
             );
             return;
-        }
-        self.spawn(id, p, false);
+        };
+        let Some(entry) = container.exec_entry() else {
+            self.fail_start(
+                id,
+                false,
+                ErrorKind::InvalidRequest,
+                "exec: the container's main process is not running".into(),
+            );
+            return;
+        };
+        let r = spawn::spawn(
+            p,
+            &entry,
+            container.confinement(),
+            &container.process_root(),
+        );
+        self.spawned(id, r, false);
     }
 
-    fn spawn(&mut self, id: ProcessId, p: &Process, main: bool) {
-        match spawn::spawn(p) {
+    fn spawned(&mut self, id: ProcessId, r: spawn::Result<spawn::Spawned>, main: bool) {
+        match r {
             Ok(s) => {
                 crate::trace::trace!("process {id} started (pid {})", s.pid);
                 if main {
@@ -609,7 +666,12 @@ impl Agent {
                 // Reported last, by `finish`.
                 self.main_status = Some(status);
             } else {
-                self.send(&Message::Exited { id: p.id, status });
+                let oom_killed = self.oom_killed(status);
+                self.send(&Message::Exited {
+                    id: p.id,
+                    status,
+                    oom_killed,
+                });
             }
         }
     }
@@ -636,8 +698,23 @@ impl Agent {
         }
         self.reap();
         if let (Some(id), Some(status)) = (self.main_id, self.main_status) {
-            self.send(&Message::Exited { id, status });
+            let oom_killed = self.oom_killed(status);
+            self.send(&Message::Exited {
+                id,
+                status,
+                oom_killed,
+            });
         }
+        if let Some(c) = &mut self.container {
+            c.remove();
+        }
+    }
+
+    /// Whether a process that ended with `status` was the OOM killer's
+    /// doing: killed by SIGKILL while its container's cgroup recorded an
+    /// OOM kill.
+    fn oom_killed(&self, status: i32) -> bool {
+        status == 128 + libc::SIGKILL && self.container.as_ref().is_some_and(|c| c.oom_killed())
     }
 
     fn set_status(&mut self, pid: libc::pid_t, status: i32) {

@@ -25,8 +25,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use hypercontainer_protocol::{AGENT_VSOCK_PORT, HOST_CID};
 
 mod agent;
-// Not yet called from the spawn path; wired in with the container table.
-#[allow(dead_code)]
 mod container;
 mod net;
 mod rootfs;

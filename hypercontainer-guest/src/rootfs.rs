@@ -1,10 +1,10 @@
 //! Boot-time mounts and the container's root filesystem: layer disks found
-//! by serial, an overlay with a writable upper, the container's /proc,
-//! /sys and /dev, pivot_root, and the files a runtime writes in /etc.
+//! by serial, an overlay with a writable upper, and the files a runtime
+//! writes in /etc.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -235,7 +235,7 @@ fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
 }
 
 /// Creates `p` as a directory if nothing is there; a symlink or other entry
-/// from the image is replaced, so that mounts never follow image symlinks.
+/// from the image is replaced, so that writes never follow image symlinks.
 fn ensure_dir(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -247,107 +247,21 @@ fn ensure_dir(p: &Path) -> Result<()> {
     }
 }
 
-/// Mounts /proc, /sys and a minimal /dev inside `root`.
-fn container_mounts(root: &Path) -> Result<()> {
-    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    for d in ["proc", "sys", "dev"] {
-        ensure_dir(&root.join(d))?;
-    }
-    mount("proc", &root.join("proc"), Some("proc"), nosuid, None)?;
-    if let Err(e) = sys::mount(
-        "sysfs",
-        &root.join("sys"),
-        Some("sysfs"),
-        nosuid | libc::MS_RDONLY,
-        None,
-    ) {
-        // Not fatal: some sandboxes forbid sysfs; the container works without.
-        eprintln!("hypercontainer-agent: warning: cannot mount /sys: {e}");
-    }
-    let dev = root.join("dev");
-    mount(
-        "tmpfs",
-        &dev,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        let p = dev.join(name);
-        sys::mknod_char(&p, 0o666, major, minor).ctx(|| format!("creating {}", p.display()))?;
-        // mknod is subject to the umask; make the mode exact.
-        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .ctx(|| format!("chmod {}", p.display()))?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        symlink(target, dev.join(link)).ctx(|| format!("linking /dev/{link}"))?;
-    }
-    for d in ["pts", "shm"] {
-        mkdir_p(&dev.join(d))?;
-    }
-    mount(
-        "devpts",
-        &dev.join("pts"),
-        Some("devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
-    mount(
-        "shm",
-        &dev.join("shm"),
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )?;
-    Ok(())
-}
-
-/// Builds the root filesystem described by `spec` and makes it the agent's
-/// root with `pivot_root` (the old root is detached). The agent must be in
-/// its own mount namespace (a VM, or a namespace the caller created).
-pub fn enter(spec: &Rootfs) -> Result<()> {
-    // Nothing done below may propagate to other mount namespaces.
-    mount(
-        "none",
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )?;
-    let root = match spec {
+/// Builds the root filesystem described by `spec` in the agent's own mount
+/// namespace and returns its path: the overlay of the layer disks, or the
+/// given directory. The container's mounts and `pivot_root` come later, in
+/// its own mount namespace (see [`crate::container::mounts`]).
+pub fn prepare(spec: &Rootfs) -> Result<PathBuf> {
+    match spec {
         Rootfs::Directory { path } => {
             let p = PathBuf::from(path);
             if !p.is_absolute() {
                 return Err(Error::NotAbsolute(path.clone()));
             }
-            // A bind mount makes the directory a mount point pivot_root accepts.
-            mount(path, &p, None, libc::MS_BIND | libc::MS_REC, None)?;
-            p
+            Ok(p)
         }
-        Rootfs::Layers { layers, upper } => assemble_layers(layers, upper)?,
-    };
-    container_mounts(&root)?;
-    crate::trace::trace!("container mounts done");
-    std::env::set_current_dir(&root).ctx(|| format!("entering {}", root.display()))?;
-    sys::pivot_root(Path::new("."), Path::new(".")).ctx(|| "pivot_root".into())?;
-    // The old root is now stacked under the new one at "/": detach it.
-    sys::umount2(Path::new("."), libc::MNT_DETACH).ctx(|| "detaching the old root".into())?;
-    std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
-    crate::trace::trace!("entered the container root");
-    Ok(())
+        Rootfs::Layers { layers, upper } => assemble_layers(layers, upper),
+    }
 }
 
 /// Writes a file of /etc the way a runtime does: replaces symlinks from the
@@ -375,7 +289,7 @@ fn write_etc(name: &str, contents: &str) -> Result<()> {
 }
 
 /// Sets the host name and writes /etc/hostname, /etc/hosts and
-/// /etc/resolv.conf (after [`enter`]).
+/// /etc/resolv.conf (in the container's namespaces, after `pivot_root`).
 pub fn write_identity(hostname: &str, hosts: Option<&str>, resolv: Option<&str>) -> Result<()> {
     if !hostname.is_empty() {
         sys::sethostname(hostname).ctx(|| format!("setting the host name to {hostname:?}"))?;

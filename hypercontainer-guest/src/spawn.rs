@@ -1,14 +1,24 @@
-//! Starting one container process: user and path resolution, fork, the
-//! child's setup (session, stdio, rlimits, identity, umask, cwd,
-//! no_new_privs) and exec, with failures reported back through a
-//! close-on-exec status pipe.
+//! Starting one container process: user and path resolution, fork (into
+//! the container's new namespaces, or joining them), the child's setup and
+//! exec, with failures reported back through a close-on-exec status pipe.
+//!
+//! The child's steps, in runc's order: session and stdio; cgroup; the
+//! container's namespaces and filesystem view ([`Entry`]); rlimits and OOM
+//! score; seccomp (here when `no_new_privs` is off, since installing it
+//! then needs the privileges about to be dropped); the capability
+//! bounding set; user and groups; the other capability sets; umask and
+//! working directory; `no_new_privs`; the executable's lookup; seccomp
+//! (here when `no_new_privs` is on, as close to `execve` as possible); and
+//! `execve`.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use hypercontainer_protocol::{ErrorKind, Process, RlimitResource};
 
+use crate::container::{caps, Confinement, Entry};
 use crate::sys;
 use crate::user;
 
@@ -89,11 +99,21 @@ struct Plan {
     no_new_privs: bool,
 }
 
-fn read_or_empty(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+/// A file of the container, read with every path step resolved inside
+/// `root`; empty when missing.
+fn read_in_root(root: &Path, rel: &str) -> String {
+    let Ok(dir) = sys::open_dir_path(root) else {
+        return String::new();
+    };
+    let Ok(fd) = sys::open_in_root(&dir, Path::new(rel), libc::O_RDONLY, 0, 0) else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let _ = io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s);
+    s
 }
 
-fn plan(p: &Process) -> Result<Plan> {
+fn plan(p: &Process, root: &Path) -> Result<Plan> {
     let argv0 = p
         .argv
         .first()
@@ -109,8 +129,8 @@ fn plan(p: &Process) -> Result<Plan> {
     let id = user::resolve(
         &p.user,
         &p.additional_groups,
-        &read_or_empty("/etc/passwd"),
-        &read_or_empty("/etc/group"),
+        &read_in_root(root, "etc/passwd"),
+        &read_in_root(root, "etc/group"),
     )
     .map_err(|e| err(ErrorKind::BadUser, e.to_string()))?;
     let mut env = p.env.clone();
@@ -163,9 +183,41 @@ enum ChildStdio {
         stdout: OwnedFd,
         stderr: OwnedFd,
     },
+    /// A pseudo-terminal the child opens in the container's own devpts
+    /// (so that `tty` names it inside); the master goes back to the agent
+    /// over `sock`.
     Pty {
-        slave: CString,
+        window: Option<hypercontainer_protocol::WindowSize>,
+        sock: OwnedFd,
     },
+}
+
+/// In the child, inside the container: a new pty, its slave as the
+/// controlling terminal and stdio, its master sent to the agent.
+fn child_terminal(
+    plan: &Plan,
+    window: Option<hypercontainer_protocol::WindowSize>,
+    sock: &OwnedFd,
+) -> io::Result<()> {
+    let (master, slave_name) = sys::open_pty()?;
+    if let Some(w) = window {
+        sys::set_winsize(master.as_raw_fd(), w.rows, w.cols)?;
+    }
+    let slave = sys::open_pty_slave(&slave_name)?;
+    let fd = slave.as_raw_fd();
+    // SAFETY: fd is a terminal; this session has no controlling terminal yet.
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a valid descriptor; the process owns it.
+    unsafe { libc::fchown(fd, plan.id.uid, plan.id.gid) };
+    for target in 0..3 {
+        // SAFETY: both descriptors are valid.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    sys::send_fd(sock.as_raw_fd(), master.as_raw_fd())
 }
 
 /// Status-pipe records: `0` + `u64` exec timestamp, or `1` + kind + message.
@@ -204,18 +256,69 @@ fn is_executable_file(path: &CString) -> bool {
 }
 
 /// Runs in the child after fork: never returns.
-fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
+/// Joins the cgroup, then enters the container (new namespaces' view, or
+/// the running container's namespaces).
+fn enter_container(entry: &Entry<'_>, conf: &Confinement) -> std::result::Result<(), String> {
+    if let Some(procs) = &conf.cgroup_procs {
+        std::fs::write(procs, "0").map_err(|e| format!("joining the container's cgroup: {e}"))?;
+    }
+    match entry {
+        Entry::Init { ns, root } => {
+            if ns.cgroup {
+                sys::unshare(libc::CLONE_NEWCGROUP)
+                    .map_err(|e| format!("creating the cgroup namespace: {e}"))?;
+            }
+            root.enter().map_err(|e| crate::agent::error_chain(&e))
+        }
+        Entry::Join(joined) => joined
+            .enter()
+            .map_err(|e| format!("joining the container's namespaces: {e}")),
+    }
+}
+
+fn install_seccomp(conf: &Confinement, status: RawFd) {
+    if let Some(f) = &conf.seccomp {
+        if let Err(e) = f.install() {
+            child_fail(
+                status,
+                ErrorKind::Spawn,
+                &format!(
+                    "installing the seccomp filter: {}",
+                    crate::agent::error_chain(&e)
+                ),
+            );
+        }
+    }
+}
+
+fn caps_step(r: caps::Result<()>, status: RawFd) {
+    if let Err(e) = r {
+        child_fail(
+            status,
+            ErrorKind::Spawn,
+            &format!("setting capabilities: {}", crate::agent::error_chain(&e)),
+        );
+    }
+}
+
+fn child(
+    plan: &Plan,
+    entry: &Entry<'_>,
+    conf: &Confinement,
+    stdio: ChildStdio,
+    status: RawFd,
+) -> ! {
     sys::reset_signals_in_child();
     // SAFETY: setsid has no preconditions; a fresh child is not a group leader.
     unsafe { libc::setsid() };
 
-    match stdio {
+    match &stdio {
         ChildStdio::Pipes {
             stdin,
             stdout,
             stderr,
         } => {
-            for (fd, target) in [(&stdin, 0), (&stdout, 1), (&stderr, 2)] {
+            for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
                 // SAFETY: both descriptors are valid; dup2 clears close-on-exec.
                 if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
                     let e = io::Error::last_os_error();
@@ -223,36 +326,20 @@ fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
                 }
             }
         }
-        ChildStdio::Pty { slave } => {
-            // SAFETY: slave is a valid C string.
-            let fd = unsafe { libc::open(slave.as_ptr(), libc::O_RDWR) };
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                child_fail(
-                    status,
-                    ErrorKind::Spawn,
-                    &format!("opening the terminal: {e}"),
-                );
-            }
-            // SAFETY: fd is a terminal; this session has no controlling terminal yet.
-            if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
-                let e = io::Error::last_os_error();
-                child_fail(
-                    status,
-                    ErrorKind::Spawn,
-                    &format!("setting the controlling terminal: {e}"),
-                );
-            }
-            // SAFETY: fd is a valid descriptor; the process owns it.
-            unsafe { libc::fchown(fd, plan.id.uid, plan.id.gid) };
-            for target in 0..3 {
-                // SAFETY: both descriptors are valid.
-                unsafe { libc::dup2(fd, target) };
-            }
-            if fd > 2 {
-                // SAFETY: fd is ours and now duplicated onto 0..2.
-                unsafe { libc::close(fd) };
-            }
+        // Made after entering the container, in its own devpts.
+        ChildStdio::Pty { .. } => {}
+    }
+
+    if let Err(e) = enter_container(entry, conf) {
+        child_fail(status, ErrorKind::Rootfs, &e);
+    }
+    if let ChildStdio::Pty { window, sock } = &stdio {
+        if let Err(e) = child_terminal(plan, *window, sock) {
+            child_fail(
+                status,
+                ErrorKind::Spawn,
+                &format!("setting up the terminal: {e}"),
+            );
         }
     }
 
@@ -266,6 +353,24 @@ fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
                 &format!("setting rlimit {res}: {}", os_msg(&e)),
             );
         }
+    }
+
+    if let Some(adj) = conf.oom_score_adj {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+            child_fail(
+                status,
+                ErrorKind::Spawn,
+                &format!("setting oom_score_adj: {e}"),
+            );
+        }
+    }
+    let no_new_privs = plan.no_new_privs || conf.no_new_privs;
+    if !no_new_privs {
+        install_seccomp(conf, status);
+    }
+    if let Some(c) = &conf.caps {
+        caps_step(c.drop_bounding(), status);
+        caps_step(caps::keep_across_setuid(), status);
     }
 
     let id = &plan.id;
@@ -288,6 +393,9 @@ fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
             ),
         );
     }
+    if let Some(c) = &conf.caps {
+        caps_step(c.apply(), status);
+    }
     // SAFETY: umask takes a plain integer.
     unsafe { libc::umask(plan.umask as libc::mode_t) };
 
@@ -305,7 +413,7 @@ fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
         );
     }
 
-    if plan.no_new_privs {
+    if no_new_privs {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
             let e = io::Error::last_os_error();
@@ -336,6 +444,10 @@ fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
         }
     };
 
+    if no_new_privs {
+        install_seccomp(conf, status);
+    }
+
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|a| a.as_ptr()).collect();
@@ -362,22 +474,25 @@ fn child(plan: &Plan, stdio: ChildStdio, status: RawFd) -> ! {
     )
 }
 
-/// Starts `p` in the agent's current root. The parent blocks only until the
-/// child has exec'd (or failed); a failed child is reaped here.
-pub fn spawn(p: &Process) -> Result<Spawned> {
-    let plan = plan(p)?;
+/// Starts `p` in a container: `entry` says whether it makes the
+/// container's namespaces (the main process) or joins them, `root` is the
+/// container's root as the agent sees it (for the user lookup). The parent
+/// blocks only until the child has exec'd (or failed); a failed child is
+/// reaped here.
+pub fn spawn(p: &Process, entry: &Entry<'_>, conf: &Confinement, root: &Path) -> Result<Spawned> {
+    let plan = plan(p, root)?;
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Spawn, format!("{what}: {e}"));
 
-    let (child_stdio, stdin, stdout, stderr, pty) = if p.terminal {
-        let (master, slave) = sys::open_pty().map_err(|e| io_err("opening a terminal", e))?;
-        if let Some(w) = p.window {
-            sys::set_winsize(master.as_raw_fd(), w.rows, w.cols)
-                .map_err(|e| io_err("setting the window size", e))?;
-        }
-        sys::set_nonblocking(master.as_raw_fd(), true).map_err(|e| io_err("terminal", e))?;
-        let input = sys::dup(&master).map_err(|e| io_err("terminal", e))?;
-        let output = sys::dup(&master).map_err(|e| io_err("terminal", e))?;
-        (ChildStdio::Pty { slave }, input, output, None, Some(master))
+    let (child_stdio, mut stdio_fds, pty_sock) = if p.terminal {
+        let (ours, theirs) = sys::socketpair().map_err(|e| io_err("opening a terminal", e))?;
+        (
+            ChildStdio::Pty {
+                window: p.window,
+                sock: theirs,
+            },
+            None,
+            Some(ours),
+        )
     } else {
         let pipes = (|| {
             let (in_r, in_w) = sys::pipe()?;
@@ -396,26 +511,58 @@ pub fn spawn(p: &Process) -> Result<Spawned> {
                 stdout: out_w,
                 stderr: err_w,
             },
-            in_w,
-            out_r,
-            Some(err_r),
+            Some((in_w, out_r, Some(err_r), None)),
             None,
         )
     };
     let (status_r, status_w) = sys::pipe().map_err(|e| io_err("creating a pipe", e))?;
 
+    let flags = match entry {
+        Entry::Init { ns, .. } => ns.clone_flags,
+        Entry::Join(joined) => {
+            joined
+                .enter_pid_for_children()
+                .map_err(|e| io_err("entering the container's PID namespace", e))?;
+            0
+        }
+    };
     // SAFETY: the agent is single-threaded, so the child may allocate and
     // use any state; it only returns through exec or _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io_err("fork", io::Error::last_os_error()));
-    }
-    if pid == 0 {
+    let forked = unsafe { sys::fork_into(flags) };
+    if let Ok(0) = forked {
         drop(status_r);
-        child(&plan, child_stdio, status_w.as_raw_fd());
+        child(&plan, entry, conf, child_stdio, status_w.as_raw_fd());
     }
+    if let Entry::Join(joined) = entry {
+        if let Err(e) = joined.leave_pid_for_children() {
+            // Later children would land in this container: never go on.
+            eprintln!("hypercontainer-agent: cannot return to its own PID namespace: {e}");
+            std::process::abort();
+        }
+    }
+    let pid = forked.map_err(|e| io_err("fork", e))?;
     drop(child_stdio);
     drop(status_w);
+    if let Some(sock) = pty_sock {
+        // The child sends the master once its terminal is set up; a child
+        // that fails first closes the socket and reports on the status pipe.
+        if let Ok(Some(master)) = sys::recv_fd(sock.as_raw_fd()) {
+            let fds = (|| {
+                sys::set_nonblocking(master.as_raw_fd(), true)?;
+                let input = sys::dup(&master)?;
+                let output = sys::dup(&master)?;
+                Ok::<_, io::Error>((input, output, None, Some(master)))
+            })();
+            match fds {
+                Ok(f) => stdio_fds = Some(f),
+                Err(e) => {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::waitpid(pid, 0);
+                    return Err(io_err("terminal", e));
+                }
+            }
+        }
+    }
 
     // Read the status records until the pipe closes (exec or exit).
     let mut buf = Vec::new();
@@ -448,10 +595,15 @@ pub fn spawn(p: &Process) -> Result<Spawned> {
             _ => break,
         }
     }
-    if exec_ns == 0 {
-        let _ = sys::waitpid(pid, 0);
-        return Err(err(ErrorKind::Spawn, "the process ended before exec"));
-    }
+    let stdio = match stdio_fds {
+        Some(s) if exec_ns != 0 => s,
+        _ => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, 0);
+            return Err(err(ErrorKind::Spawn, "the process ended before exec"));
+        }
+    };
+    let (stdin, stdout, stderr, pty) = stdio;
     Ok(Spawned {
         pid,
         stdin,
@@ -468,13 +620,16 @@ mod tests {
 
     #[test]
     fn plan_rejects_bad_requests() {
-        let e = plan(&Process::default()).unwrap_err();
+        let e = plan(&Process::default(), Path::new("/")).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidRequest);
         let p = Process {
             argv: vec!["a\0b".into()],
             ..Process::default()
         };
-        assert_eq!(plan(&p).unwrap_err().kind, ErrorKind::InvalidRequest);
+        assert_eq!(
+            plan(&p, Path::new("/")).unwrap_err().kind,
+            ErrorKind::InvalidRequest
+        );
     }
 
     #[test]
@@ -485,7 +640,7 @@ mod tests {
             user: "0".into(),
             ..Process::default()
         };
-        let pl = plan(&p).unwrap();
+        let pl = plan(&p, Path::new("/")).unwrap();
         assert_eq!(pl.path_dirs, ["/a", "/b"]);
         assert!(pl.env.iter().any(|e| e.to_bytes().starts_with(b"HOME=")));
         assert_eq!(pl.cwd, "/");
@@ -493,7 +648,7 @@ mod tests {
             argv: vec!["ls".into()],
             ..Process::default()
         };
-        assert_eq!(plan(&p).unwrap().path_dirs.len(), 6);
+        assert_eq!(plan(&p, Path::new("/")).unwrap().path_dirs.len(), 6);
     }
 
     #[test]

@@ -82,12 +82,12 @@ pub fn chroot(p: &Path) -> SysResult<()> {
     check(unsafe { libc::chroot(p.as_ptr()) }).map(drop)
 }
 
-/// `mknod(2)` of a character device.
-pub fn mknod_char(p: &Path, mode: u32, major: u32, minor: u32) -> SysResult<()> {
+/// `mknod(2)` of a node of type `kind` (`S_IFCHR`, `S_IFBLK`, `S_IFIFO`).
+pub fn mknod(p: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32) -> SysResult<()> {
     let p = cpath(p)?;
     let dev = libc::makedev(major, minor);
     // SAFETY: p is a valid C string.
-    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, dev) }).map(drop)
+    check(unsafe { libc::mknod(p.as_ptr(), kind | (mode & 0o7777), dev) }).map(drop)
 }
 
 /// `sethostname(2)`.
@@ -341,4 +341,269 @@ pub fn ensure_std_fds(path: &CStr) {
             unsafe { libc::close(new) };
         }
     }
+}
+
+/// `openat2(2)` of `path` below `dir` with `RESOLVE_IN_ROOT |
+/// RESOLVE_NO_MAGICLINKS` (plus `resolve`): symlinks and `..` are resolved
+/// as if `dir` were the root, so the result never lies outside it.
+pub fn open_in_root(
+    dir: &OwnedFd,
+    path: &Path,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> SysResult<OwnedFd> {
+    let p = cpath(path)?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = u64::from(mode);
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | resolve;
+    // SAFETY: p is a valid C string and how a valid open_how of the given size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens a directory (`O_PATH | O_DIRECTORY`) by an absolute path.
+pub fn open_dir_path(path: &Path) -> SysResult<OwnedFd> {
+    let p = cpath(path)?;
+    // SAFETY: p is a valid C string.
+    let fd = check(unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: open returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mkdirat(2)` of one name under `dir`.
+pub fn mkdirat(dir: &OwnedFd, name: &Path, mode: u32) -> SysResult<()> {
+    let n = cpath(name)?;
+    // SAFETY: n is a valid C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// Creates an empty regular file `name` under `dir` if nothing is there.
+pub fn touch_at(dir: &OwnedFd, name: &Path, mode: u32) -> SysResult<()> {
+    let n = cpath(name)?;
+    // SAFETY: n is a valid C string.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EEXIST) {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// The `/proc/self/fd/N` path of a descriptor, to name an `O_PATH` fd in
+/// `mount(2)`.
+pub fn fd_path(fd: &OwnedFd) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// `setns(2)`.
+pub fn setns(fd: &OwnedFd, nstype: libc::c_int) -> SysResult<()> {
+    // SAFETY: setns has no memory-safety preconditions.
+    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
+/// `unshare(2)`.
+pub fn unshare(flags: libc::c_int) -> SysResult<()> {
+    // SAFETY: unshare has no memory-safety preconditions.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// `fork(2)` with new namespaces (`clone(2)` with `flags | SIGCHLD` and no
+/// new stack): returns 0 in the child, its pid in the parent.
+///
+/// # Safety
+///
+/// As for `fork`: the calling process must be single-threaded, and the
+/// child must only return through `execve` or `_exit`.
+pub unsafe fn fork_into(flags: libc::c_int) -> SysResult<libc::pid_t> {
+    let clone_flags = (flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: with a null stack the child runs on a copy of the caller's
+    // stack, exactly as after fork; the caller guarantees single-threading.
+    let r = unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as libc::pid_t)
+    }
+}
+
+/// `mount(2)` with no source and no data: a propagation change or a
+/// remount of `target`.
+pub fn mount_flags(target: &Path, flags: libc::c_ulong) -> SysResult<()> {
+    let t = cpath(target)?;
+    // SAFETY: t is a valid C string; null source, type and data are allowed.
+    let ret = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            t.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// The mount flags of the mount holding `path` (`statvfs(3)`'s `ST_*`
+/// bits, which equal the `MS_*` bits for read-only, nosuid, nodev and
+/// noexec).
+pub fn mount_flags_of(path: &Path) -> SysResult<libc::c_ulong> {
+    let p = cpath(path)?;
+    // SAFETY: statvfs is plain data filled by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: p is a valid C string and st a valid buffer.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut st) })?;
+    Ok(st.f_flag as libc::c_ulong)
+}
+
+/// Opens a pty slave by path, without making it the controlling terminal.
+pub fn open_pty_slave(path: &CStr) -> SysResult<OwnedFd> {
+    // SAFETY: path is a valid C string.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: open returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A connected `AF_UNIX` stream socket pair (close-on-exec).
+pub fn socketpair() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair returned two fresh descriptors we now own.
+    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((a, b))
+}
+
+/// Space for one descriptor in a control message.
+const FD_CMSG_SPACE: usize = 64;
+
+/// Sends one descriptor (and one byte) over a Unix socket (`SCM_RIGHTS`).
+pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; FD_CMSG_SPACE];
+    // SAFETY: msghdr is plain data; zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: the control buffer is large enough for one header.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if cmsg.is_null() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: CMSG_LEN only computes a size.
+    let len = unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: cmsg points at a header inside `space`, which nothing else uses.
+    let hdr = unsafe { &mut *cmsg };
+    hdr.cmsg_level = libc::SOL_SOCKET;
+    hdr.cmsg_type = libc::SCM_RIGHTS;
+    hdr.cmsg_len = len;
+    // SAFETY: CMSG_DATA points inside `space`, past the header.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
+    // SAFETY: `space` has room for one descriptor after the header.
+    unsafe { std::ptr::write_unaligned(data.cast::<RawFd>(), fd) };
+    // SAFETY: msg describes valid buffers that outlive the call.
+    let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Receives one descriptor sent by [`send_fd`]; `None` when the peer
+/// closed without sending one.
+pub fn recv_fd(sock: RawFd) -> SysResult<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; FD_CMSG_SPACE];
+    // SAFETY: msghdr is plain data; zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = space.len();
+    let r = loop {
+        // SAFETY: msg describes valid buffers that outlive the call.
+        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break r;
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled msg's control area (possibly empty).
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if r == 0 || cmsg.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: cmsg points at a header inside `space`, filled by the kernel.
+    let hdr = unsafe { &*cmsg };
+    let (level, ty) = (hdr.cmsg_level, hdr.cmsg_type);
+    if level != libc::SOL_SOCKET || ty != libc::SCM_RIGHTS {
+        return Ok(None);
+    }
+    // SAFETY: CMSG_DATA points inside `space`, past the header.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
+    // SAFETY: an SCM_RIGHTS message carries at least one descriptor.
+    let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>()) };
+    // SAFETY: the kernel installed this descriptor for us.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }

@@ -1,5 +1,6 @@
 //! Host-tier tests: the real agent binary, run as a normal process in
-//! private mount, pid, uts and ipc namespaces (util-linux `unshare`), talking
+//! private mount, pid, uts and ipc namespaces with its own /proc (util-linux
+//! `unshare`), talking
 //! the real protocol over a socketpair, on a root filesystem unpacked by
 //! umoci from an OCI image holding a static busybox.
 //!
@@ -11,58 +12,11 @@
 mod common;
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 use common::*;
 use hypercontainer_protocol::{
-    BootStage, ErrorKind, Hello, Message, Process, Rlimit, RlimitResource, Rootfs, WindowSize,
+    BootStage, ErrorKind, Hello, Message, Process, Rlimit, RlimitResource, WindowSize,
 };
-
-/// A fresh copy of the image's rootfs and an agent serving it in new
-/// namespaces.
-fn session() -> Session {
-    let src = image_rootfs();
-    let root = tempfile::Builder::new()
-        .prefix("hc-agent-root")
-        .tempdir()
-        .unwrap();
-    run(Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", src.display()))
-        .arg(root.path()));
-
-    let (conn, guest) = UnixStream::pair().unwrap();
-    let gfd = guest.as_raw_fd();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--pid", "--fork", "--uts", "--ipc", "--"])
-        .arg(agent_binary())
-        .args(["--fd", "3"]);
-    let place_fd = move || {
-        let r = if gfd == 3 {
-            // SAFETY: clearing close-on-exec of a descriptor we own.
-            unsafe { libc::fcntl(3, libc::F_SETFD, 0) }
-        } else {
-            // SAFETY: both descriptors are valid; dup2 is async-signal-safe.
-            unsafe { libc::dup2(gfd, 3) }
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes async-signal-safe calls (dup2, fcntl).
-    unsafe { cmd.pre_exec(place_fd) };
-    let agent = cmd.spawn().expect("spawning the agent under unshare");
-    drop(guest);
-
-    let rootfs = Rootfs::Directory {
-        path: root.path().to_string_lossy().into_owned(),
-    };
-    Session::over(conn, agent, rootfs, Some(root))
-}
 
 fn run_main(p: Process) -> Outcome {
     let mut s = session();
@@ -298,15 +252,16 @@ fn terminal_mode_and_resize() {
 }
 
 #[test]
-fn orphans_are_reaped() {
+fn the_main_process_is_pid_1_of_its_own_namespace_and_reaps_orphans() {
     // Each inner shell leaves an orphan that exits later; reparented to the
-    // agent (PID 1 of the namespace), it must not stay a zombie.
+    // main process (PID 1 of the container's PID namespace, as under runc),
+    // a shell that waits reaps it.
     let o = run_main(sh(
         "for i in 1 2 3; do sh -c 'sleep 0.1 & exit 0'; done; sleep 0.6; \
          echo pid1=$(cut -d' ' -f2 /proc/1/stat); \
          for f in /proc/[0-9]*/stat; do cut -d' ' -f2,3 $f; done | grep -c ' Z$'; true",
     ));
-    assert_eq!(o.stdout(MAIN), "pid1=(hypercontainer-)\n0\n");
+    assert_eq!(o.stdout(MAIN), "pid1=(sh)\n0\n");
     assert_eq!(o.status(MAIN), 0);
 }
 
@@ -383,7 +338,11 @@ fn hostile_frames_close_the_connection_with_an_error() {
 
     // A guest-to-host message sent by the host.
     let mut s = session();
-    s.send(&Message::Exited { id: 1, status: 0 });
+    s.send(&Message::Exited {
+        id: 1,
+        status: 0,
+        oom_killed: false,
+    });
     let o = s.finish();
     assert!(o.msgs.iter().any(|m| matches!(
         m,
@@ -433,12 +392,17 @@ fn exec_processes_are_killed_and_reported_when_the_main_process_ends() {
         last_two[0],
         Message::Exited {
             id: MAIN,
-            status: 4
+            status: 4,
+            ..
         }
     ));
     assert!(matches!(
         last_two[1],
-        Message::Exited { id: 2, status: 137 }
+        Message::Exited {
+            id: 2,
+            status: 137,
+            ..
+        }
     ));
 }
 

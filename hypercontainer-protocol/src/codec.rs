@@ -76,6 +76,9 @@ pub enum Error {
         /// The value found.
         value: u64,
     },
+    /// The container spec is not a valid OCI runtime spec.
+    #[error("the container spec is not a valid OCI runtime spec: {0}")]
+    BadSpec(String),
     /// A `Hello` from a peer speaking another protocol version.
     #[error("peer speaks protocol version {theirs}, this side speaks {ours}")]
     VersionMismatch {
@@ -143,6 +146,10 @@ impl Enc<'_> {
             }
         }
         Ok(())
+    }
+    fn spec(&mut self, spec: &crate::oci::Spec) -> Result<()> {
+        let json = serde_json::to_string(spec).map_err(|e| Error::BadSpec(e.to_string()))?;
+        self.str(&json)
     }
     fn window(&mut self, w: WindowSize) {
         self.u16(w.rows);
@@ -224,6 +231,7 @@ impl Enc<'_> {
                         }
                     }
                 }
+                self.spec(&s.spec)?;
             }
             Message::Exec { id, process } => {
                 self.u32(*id);
@@ -256,9 +264,14 @@ impl Enc<'_> {
                 self.u32(*id);
                 self.u32(*bytes);
             }
-            Message::Exited { id, status } => {
+            Message::Exited {
+                id,
+                status,
+                oom_killed,
+            } => {
                 self.u32(*id);
                 self.i32(*status);
+                self.bool(*oom_killed);
             }
             Message::Error { id, kind, message } => {
                 match id {
@@ -431,6 +444,10 @@ impl<'a> Dec<'a> {
             })
             .collect()
     }
+    fn spec(&mut self) -> Result<crate::oci::Spec> {
+        let json = self.str("spec")?;
+        serde_json::from_str(&json).map_err(|e| Error::BadSpec(e.to_string()))
+    }
     fn window(&mut self) -> Result<WindowSize> {
         Ok(WindowSize {
             rows: self.u16("window rows")?,
@@ -526,6 +543,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message> {
             hosts: d.opt_str("hosts")?,
             resolv_conf: d.opt_str("resolv.conf")?,
             network: d.interfaces()?,
+            spec: d.spec()?,
         })),
         0x11 => Message::Exec {
             id: d.u32("id")?,
@@ -573,6 +591,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message> {
         0x25 => Message::Exited {
             id: d.u32("id")?,
             status: d.i32("status")?,
+            oom_killed: d.bool("oom killed")?,
         },
         0x26 => {
             let id = match d.tag("error id", 1)? {
@@ -755,6 +774,9 @@ mod tests {
                 hosts: Some("127.0.0.1 localhost\n".into()),
                 resolv_conf: None,
                 network: Vec::new(),
+                // The oci-spec crate's default: mounts, capabilities,
+                // namespaces, masked paths, resources.
+                spec: crate::oci::Spec::default(),
             })),
             Message::Start(Box::new(Start {
                 id: 2,
@@ -779,6 +801,7 @@ mod tests {
                         gateway: None,
                     },
                 ],
+                spec: crate::bare_spec(),
             })),
             Message::Start(Box::new(Start {
                 id: 3,
@@ -791,6 +814,7 @@ mod tests {
                 hosts: None,
                 resolv_conf: None,
                 network: Vec::new(),
+                spec: crate::bare_spec(),
             })),
             Message::Exec {
                 id: 7,
@@ -823,7 +847,11 @@ mod tests {
                 data: vec![],
             },
             Message::StdinAck { id: 7, bytes: 6 },
-            Message::Exited { id: 7, status: 137 },
+            Message::Exited {
+                id: 7,
+                status: 137,
+                oom_killed: true,
+            },
             Message::Error {
                 id: Some(7),
                 kind: ErrorKind::NotFound,
@@ -1058,6 +1086,7 @@ mod tests {
                 hosts: None,
                 resolv_conf: None,
                 network,
+                spec: crate::bare_spec(),
             }))
             .to_frame()
             .unwrap()
@@ -1068,9 +1097,9 @@ mod tests {
             prefix_len: 24,
             gateway: None,
         };
-        // Layout ends with: mac, address, prefix length, gateway tag.
+        // Layout ends with: mac, address, prefix length, gateway tag, spec.
         let mut f = start(vec![one]);
-        let n = f.len();
+        let n = f.len() - 4 - serde_json::to_string(&crate::bare_spec()).unwrap().len();
         f[n - 2] = 33;
         assert!(matches!(
             decode_frame(&f),
@@ -1097,6 +1126,42 @@ mod tests {
             })
         ));
         assert!(decode_frame(&start(vec![one; MAX_INTERFACES])).is_ok());
+    }
+
+    #[test]
+    fn a_spec_that_is_not_an_oci_spec_is_rejected() {
+        let good = Message::Start(Box::new(Start {
+            id: 1,
+            rootfs: Rootfs::Directory { path: "/r".into() },
+            process: Process::default(),
+            hostname: String::new(),
+            hosts: None,
+            resolv_conf: None,
+            network: Vec::new(),
+            spec: crate::bare_spec(),
+        }))
+        .to_frame()
+        .unwrap();
+        let json = serde_json::to_string(&crate::bare_spec()).unwrap();
+        let head = &good[HEADER_LEN..good.len() - 4 - json.len()];
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"ociVersion": 7}"#,
+            r#"{"linux": {"namespaces": [{"type": "bogus"}]}}"#,
+        ] {
+            let mut payload = head[1..].to_vec();
+            payload.extend_from_slice(&(bad.len() as u32).to_le_bytes());
+            payload.extend_from_slice(bad.as_bytes());
+            assert!(
+                matches!(
+                    decode_frame(&frame_of(0x10, &payload)),
+                    Err(Error::BadSpec(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -25,10 +25,14 @@
 //! closes the connection. Decoding never panics on any input.
 //!
 //! Why a hand-written binary payload rather than JSON: the hot messages are
-//! stdio chunks, which stay raw bytes (no escaping or base64); the agent
-//! needs no serialization framework, which keeps the static binary small;
-//! and every length is checked against the frame before allocation, so the
-//! decoder's cost is bounded by the frame size and easy to fuzz.
+//! stdio chunks, which stay raw bytes (no escaping or base64), and every
+//! length is checked against the frame before allocation, so the decoder's
+//! cost is bounded by the frame size and easy to fuzz. The one exception is
+//! the container's confinement in [`Start::spec`]: it is the OCI runtime
+//! spec ([`oci::Spec`], the `oci-spec` crate's model of runc's
+//! `config.json`), carried as its standard JSON inside a `string` field, so
+//! that what an OCI bundle, a containerd shim or the SDK asks for reaches
+//! the agent in one well-known format.
 //!
 //! # Conversation
 //!
@@ -97,16 +101,20 @@
 pub mod codec;
 pub mod message;
 
+/// The OCI runtime spec types ([`oci_spec::runtime`]) used by [`Start::spec`].
+pub use oci_spec::runtime as oci;
+
 pub use codec::{Error, FrameDecoder, Result};
-pub use message::mac_to_string;
+pub use message::{bare_spec, mac_to_string};
 pub use message::{
     BootStage, ErrorKind, Hello, Interface, Message, Process, ProcessId, Rlimit, RlimitResource,
     Rootfs, Start, Upper, WindowSize, MAX_INTERFACES,
 };
 
 /// Version of this protocol; both sides must speak the same one (2: `Start`
-/// carries network interfaces).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// carries network interfaces; 3: `Start` carries the OCI runtime spec and
+/// `Exited` the OOM flag).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -237,7 +237,8 @@ pub struct Process {
 ///
 /// Wire, in order: `id: u32`, `rootfs: Rootfs`, `process: Process`,
 /// `hostname: string`, `hosts: option<string>`, `resolv_conf: option<string>`,
-/// `network: list<Interface>`.
+/// `network: list<Interface>`, `spec: string` (the OCI runtime spec as
+/// JSON, `config.json`'s format).
 ///
 /// Accepted once per connection. The main process ending ends the sandbox:
 /// the agent kills what is left, reports every exit, flushes and powers the
@@ -261,6 +262,35 @@ pub struct Start {
     /// (at most [`MAX_INTERFACES`]). The loopback interface is always
     /// brought up in a VM.
     pub network: Vec<Interface>,
+    /// How the container is confined, in the OCI runtime spec's own model
+    /// (what `runc` reads from a bundle's `config.json`). The agent applies
+    /// `process.capabilities`, `process.noNewPrivileges`,
+    /// `process.oomScoreAdj`, `root.readonly`, `mounts`, and from `linux`:
+    /// `namespaces`, `maskedPaths`, `readonlyPaths`, `seccomp`,
+    /// `resources` (a cgroup per container), `sysctl` and `devices`; the
+    /// same confinement applies to every [`Message::Exec`] process, which
+    /// joins the container's namespaces and cgroup. What runs (argv, env,
+    /// user, working directory, rlimits, terminal) comes from
+    /// [`Start::process`], and `spec.process` of those fields is ignored, as
+    /// are `spec.hostname` (see [`Start::hostname`]) and `spec.root.path`
+    /// (see [`Start::rootfs`]). A mount namespace is always created; a
+    /// network or user namespace cannot be asked for (the VM is the
+    /// network boundary). [`bare_spec`] confines nothing.
+    pub spec: crate::oci::Spec,
+}
+
+/// A spec that confines nothing: no new namespaces but the mount namespace
+/// the agent always creates, no mounts, capabilities, seccomp, cgroup or
+/// masked paths (the container runs with the agent's privileges).
+pub fn bare_spec() -> crate::oci::Spec {
+    let mut s = crate::oci::Spec::default();
+    s.set_process(None)
+        .set_root(None)
+        .set_hostname(None)
+        .set_mounts(None)
+        .set_annotations(None)
+        .set_linux(None);
+    s
 }
 
 /// `mac` as Linux shows it (`/sys/class/net/*/address`): lowercase hex
@@ -489,12 +519,17 @@ pub enum Message {
     /// Agent to host (type `0x25`): a process ended; always the last message
     /// about that id, sent after all its output. Wire: `id: u32`,
     /// `status: i32`: the exit code, or 128 + signal number when killed by a
-    /// signal, or [`ErrorKind::exit_status`] when it failed to start.
+    /// signal, or [`ErrorKind::exit_status`] when it failed to start;
+    /// `oom_killed: bool`: the container's cgroup recorded an out-of-memory
+    /// kill before the process ended (its status is then 137, as Docker
+    /// reports `OOMKilled`).
     Exited {
         /// The process.
         id: ProcessId,
         /// Exit status.
         status: i32,
+        /// Whether the kernel's OOM killer ended it (or its container).
+        oom_killed: bool,
     },
     /// Agent to host (type `0x26`): something failed. Wire: `id: option<u32>`,
     /// `kind: u8`, `message: string`. With an id, the failure is that

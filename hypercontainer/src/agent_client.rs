@@ -30,6 +30,7 @@
 //!         hosts: None,
 //!         resolv_conf: None,
 //!         network: Vec::new(),
+//!         spec: hypercontainer_protocol::bare_spec(),
 //!     },
 //!     Output::Piped,
 //!     Output::Piped,
@@ -177,6 +178,7 @@ struct Proc {
     started: Option<Instant>,
     first_output: Option<Instant>,
     exit: Option<i32>,
+    oom_killed: bool,
     error: Option<(ErrorKind, String)>,
     streams: [Stream; 2],
     unacked: u32,
@@ -462,6 +464,7 @@ impl AgentClient {
                 started: None,
                 first_output: None,
                 exit: None,
+                oom_killed: false,
                 error: None,
                 streams: [Stream::new(stdout), Stream::new(stderr)],
                 unacked: 0,
@@ -572,9 +575,14 @@ fn dispatch(shared: &Shared, m: Message) -> Option<String> {
                 p.unacked = p.unacked.saturating_sub(bytes);
             }
         }
-        Message::Exited { id, status } => {
+        Message::Exited {
+            id,
+            status,
+            oom_killed,
+        } => {
             if let Some(p) = g.procs.get_mut(&id) {
                 p.exit = Some(status);
+                p.oom_killed = oom_killed;
             }
         }
         Message::Error {
@@ -711,6 +719,12 @@ impl ProcessHandle {
     /// Like [`wait`](Self::wait), giving up after `timeout` with `Ok(None)`.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
         self.wait_for(Some(timeout), |p| p.exit.map(Ok))
+    }
+
+    /// Whether the kernel's OOM killer ended the process (its exit status is
+    /// then 137); `false` while it runs.
+    pub fn oom_killed(&self) -> bool {
+        self.with(|p| p.oom_killed).unwrap_or(false)
     }
 
     /// Why the process failed to start, if it did.
@@ -959,6 +973,7 @@ mod tests {
             hosts: None,
             resolv_conf: None,
             network: Vec::new(),
+            spec: hypercontainer_protocol::bare_spec(),
         }
     }
 
@@ -992,7 +1007,11 @@ mod tests {
                     id,
                     data: b"err".to_vec(),
                 },
-                Message::Exited { id, status: 3 },
+                Message::Exited {
+                    id,
+                    status: 3,
+                    oom_killed: false,
+                },
             ] {
                 write_message(a, &m).unwrap();
             }
@@ -1084,6 +1103,7 @@ mod tests {
                 &Message::Exited {
                     id: s.id,
                     status: 127,
+                    oom_killed: false,
                 },
             )
             .unwrap();
@@ -1167,6 +1187,7 @@ mod tests {
                 &Message::Exited {
                     id: s.id,
                     status: 0,
+                    oom_killed: false,
                 },
             )
             .unwrap();
@@ -1204,6 +1225,7 @@ mod tests {
                 &Message::Exited {
                     id: s.id,
                     status: 0,
+                    oom_killed: false,
                 },
             )
             .unwrap();

@@ -55,9 +55,17 @@ fn agent() -> Agent {
     let (conn, guest) = UnixStream::pair().unwrap();
     let gfd = guest.as_raw_fd();
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--pid", "--fork", "--uts", "--ipc", "--"])
-        .arg(agent)
-        .args(["--fd", "3"]);
+    cmd.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--uts",
+        "--ipc",
+        "--",
+    ])
+    .arg(agent)
+    .args(["--fd", "3"]);
     let place_fd = move || {
         let r = if gfd == 3 {
             // SAFETY: clearing close-on-exec of a descriptor we own;
@@ -94,6 +102,7 @@ fn sh(script: &str) -> Process {
 }
 
 fn start(a: &Agent, p: Process) -> Start {
+    let p_user = p.user.clone();
     Start {
         id: 0,
         rootfs: Rootfs::Directory {
@@ -104,6 +113,9 @@ fn start(a: &Agent, p: Process) -> Start {
         hosts: None,
         resolv_conf: None,
         network: Vec::new(),
+        // What a sandbox sends: Docker's confinement.
+        spec: hypercontainer::spec::container_spec(&Default::default(), &p_user)
+            .expect("the default spec"),
     }
 }
 

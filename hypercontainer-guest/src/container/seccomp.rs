@@ -130,6 +130,7 @@ const SECCOMP_FILTER_FLAG_SPEC_ALLOW: libc::c_uint = 1 << 2;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The spec's JSON could not be decoded.
+    #[cfg_attr(not(test), allow(dead_code))]
     #[error(
         "the seccomp spec is not valid (line {line}, column {column}): \
          fix the profile on the host"
@@ -297,7 +298,9 @@ pub struct Filters {
     unsupported: Vec<LinuxSeccompFilterFlag>,
 }
 
-/// Decodes a `linux.seccomp` object from JSON.
+/// Decodes a `linux.seccomp` object from JSON (the agent gets the spec
+/// decoded by the protocol; tests feed profiles directly).
+#[cfg(test)]
 pub fn decode(json: &[u8]) -> Result<LinuxSeccomp> {
     serde_json::from_slice(json).map_err(|source| Error::Decode {
         line: source.line(),
@@ -558,11 +561,13 @@ impl Filters {
     }
 
     /// How many filters the stack has.
+    #[cfg(test)]
     pub fn filter_count(&self) -> usize {
         self.programs.len()
     }
 
     /// Instructions of each filter, in installation order.
+    #[cfg(test)]
     pub fn instruction_counts(&self) -> Vec<usize> {
         self.programs.iter().map(|p| p.bpf.len()).collect()
     }

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -13,7 +16,7 @@ use std::time::Duration;
 use hypercontainer_image::testimage;
 use hypercontainer_protocol::codec::{read_message, write_message};
 use hypercontainer_protocol::{
-    ErrorKind, Hello, Message, Process, ProcessId, Rootfs, Start, MAX_DATA_CHUNK, STDIN_WINDOW,
+    oci, ErrorKind, Hello, Message, Process, ProcessId, Rootfs, Start, MAX_DATA_CHUNK, STDIN_WINDOW,
 };
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +65,117 @@ pub fn process(argv: &[&str]) -> Process {
 
 pub fn sh(script: &str) -> Process {
     process(&["sh", "-c", script])
+}
+
+/// The confinement the host-tier tests ask for: runc's namespaces and
+/// basic mounts (a /proc of the container's PID namespace, a /dev tmpfs
+/// with the default devices, devpts, /dev/shm, a read-only /sys).
+pub fn test_spec() -> oci::Spec {
+    let mount = |dest: &str, typ: &str, options: &[&str]| {
+        let mut m = oci::Mount::default();
+        m.set_destination(dest.into())
+            .set_typ(Some(typ.into()))
+            .set_source(Some(typ.into()))
+            .set_options(Some(options.iter().map(|s| s.to_string()).collect()));
+        m
+    };
+    let namespaces = [
+        oci::LinuxNamespaceType::Pid,
+        oci::LinuxNamespaceType::Ipc,
+        oci::LinuxNamespaceType::Uts,
+        oci::LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|t| {
+        let mut ns = oci::LinuxNamespace::default();
+        ns.set_typ(t);
+        ns
+    })
+    .collect();
+    let mut linux = oci::Linux::default();
+    linux
+        .set_namespaces(Some(namespaces))
+        .set_resources(None)
+        .set_masked_paths(None)
+        .set_readonly_paths(None);
+    let mut spec = hypercontainer_protocol::bare_spec();
+    spec.set_linux(Some(linux)).set_mounts(Some(vec![
+        mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+    ]));
+    spec
+}
+
+/// A fresh copy of the image's rootfs and an agent serving it in new
+/// namespaces.
+pub fn session() -> Session {
+    let src = image_rootfs();
+    let root = tempfile::Builder::new()
+        .prefix("hc-agent-root")
+        .tempdir()
+        .unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(root.path()));
+
+    let (conn, guest) = UnixStream::pair().unwrap();
+    let gfd = guest.as_raw_fd();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--uts",
+        "--ipc",
+        "--",
+    ])
+    .arg(agent_binary())
+    .args(["--fd", "3"]);
+    let place_fd = move || {
+        let r = if gfd == 3 {
+            // SAFETY: clearing close-on-exec of a descriptor we own.
+            unsafe { libc::fcntl(3, libc::F_SETFD, 0) }
+        } else {
+            // SAFETY: both descriptors are valid; dup2 is async-signal-safe.
+            unsafe { libc::dup2(gfd, 3) }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe calls (dup2, fcntl).
+    unsafe { cmd.pre_exec(place_fd) };
+    let agent = cmd.spawn().expect("spawning the agent under unshare");
+    drop(guest);
+
+    let rootfs = Rootfs::Directory {
+        path: root.path().to_string_lossy().into_owned(),
+    };
+    Session::over(conn, agent, rootfs, Some(root))
 }
 
 /// One agent and the host side of its connection.
@@ -132,6 +246,7 @@ impl Session {
             hosts: None,
             resolv_conf: None,
             network: Vec::new(),
+            spec: test_spec(),
         };
         f(&mut start);
         self.send(&Message::Start(Box::new(start)));
@@ -262,7 +377,7 @@ impl Outcome {
             .msgs
             .iter()
             .filter_map(|m| match m {
-                Message::Exited { id, status } if *id == want => Some(*status),
+                Message::Exited { id, status, .. } if *id == want => Some(*status),
                 _ => None,
             })
             .collect();

@@ -63,9 +63,11 @@ use crate::agent_client::{
 use crate::guest::{self, AgentError};
 use crate::host::{self, KvmKind};
 use crate::kernel::{self, KernelError};
+use crate::spec::{self, ContainerOptions};
 use crate::vmm::{self, BlockConfig, ConsoleSink, Vm, VmBuilder};
 
 pub use crate::agent_client::Output;
+pub use crate::spec::{Limits, Seccomp, Tmpfs};
 /// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
@@ -195,6 +197,10 @@ pub enum Error {
     /// An invalid setting.
     #[error("invalid sandbox configuration: {0}")]
     Config(String),
+    /// The container's confinement settings are invalid, or the seccomp
+    /// profile is missing or malformed (the message says what to do).
+    #[error("the container's confinement")]
+    Spec(#[source] spec::Error),
 }
 
 /// Result alias of this module.
@@ -248,6 +254,7 @@ pub struct SandboxBuilder {
     network: Vec<NetworkInterface>,
     dns: Vec<std::net::IpAddr>,
     boot_timeout: Duration,
+    container: ContainerOptions,
 }
 
 impl std::fmt::Debug for SandboxBuilder {
@@ -258,6 +265,7 @@ impl std::fmt::Debug for SandboxBuilder {
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
             .field("share_kernel_pages", &self.share_kernel_pages)
+            .field("container", &self.container)
             .finish_non_exhaustive()
     }
 }
@@ -284,6 +292,7 @@ impl Default for SandboxBuilder {
             network: Vec::new(),
             dns: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            container: ContainerOptions::default(),
         }
     }
 }
@@ -446,6 +455,70 @@ impl SandboxBuilder {
         self
     }
 
+    /// How the container is confined (capabilities, seccomp, read-only
+    /// root, tmpfs mounts, `/dev/shm` size, sysctls, cgroup limits), all at
+    /// once; the default is Docker's. The methods below change one setting
+    /// each.
+    pub fn container_options(mut self, options: ContainerOptions) -> Self {
+        self.container = options;
+        self
+    }
+
+    /// Adds a capability (`docker run --cap-add`; `ALL` for all).
+    pub fn cap_add(mut self, cap: impl Into<String>) -> Self {
+        self.container.cap_add.push(cap.into());
+        self
+    }
+
+    /// Drops a capability (`docker run --cap-drop`; `ALL` for all).
+    pub fn cap_drop(mut self, cap: impl Into<String>) -> Self {
+        self.container.cap_drop.push(cap.into());
+        self
+    }
+
+    /// The seccomp filter (default: [`Seccomp::Default`], the
+    /// containers-common profile; [`Seccomp::Unconfined`] for none).
+    pub fn seccomp(mut self, seccomp: Seccomp) -> Self {
+        self.container.seccomp = seccomp;
+        self
+    }
+
+    /// Sets `no_new_privs` for every process of the container.
+    pub fn no_new_privileges(mut self, on: bool) -> Self {
+        self.container.no_new_privileges = on;
+        self
+    }
+
+    /// Mounts the root filesystem read-only (`docker run --read-only`).
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.container.read_only = on;
+        self
+    }
+
+    /// Adds a tmpfs mount (`docker run --tmpfs`).
+    pub fn tmpfs(mut self, tmpfs: Tmpfs) -> Self {
+        self.container.tmpfs.push(tmpfs);
+        self
+    }
+
+    /// The size of `/dev/shm` in bytes (default 64 MiB).
+    pub fn shm_size(mut self, bytes: u64) -> Self {
+        self.container.shm_size = Some(bytes);
+        self
+    }
+
+    /// Sets a namespaced sysctl (`docker run --sysctl`).
+    pub fn sysctl(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.container.sysctls.insert(key.into(), value.into());
+        self
+    }
+
+    /// cgroup limits of the container inside the VM (memory, CPU, pids).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.container.limits = limits;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         if self.image.is_none() {
             return Err(Error::NoImage);
@@ -513,9 +586,14 @@ impl SandboxBuilder {
             Some(g) => format!("{}:{g}", defaults.user.user),
             None => defaults.user.user.clone(),
         };
+        let hostname = self
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
+        let spec = spec::container_spec(&self.container, &user).map_err(Error::Spec)?;
         let process = ProtoProcess {
             argv: defaults.args.clone(),
-            env: defaults.env.clone(),
+            env: spec::container_env(&defaults.env, &hostname, self.tty.is_some()),
             cwd: defaults.working_dir.clone(),
             user,
             terminal: self.tty.is_some(),
@@ -577,10 +655,6 @@ impl SandboxBuilder {
         )
         .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
 
-        let hostname = self
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string());
         let main = client
             .start(
                 Start {
@@ -594,6 +668,7 @@ impl SandboxBuilder {
                     hosts: None,
                     resolv_conf: (!self.dns.is_empty()).then(|| network::resolv_conf(&self.dns)),
                     network: interfaces,
+                    spec,
                 },
                 self.stdout,
                 self.stderr,

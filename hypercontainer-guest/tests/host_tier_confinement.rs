@@ -1,0 +1,264 @@
+//! Host-tier tests of container confinement: the real agent applies the
+//! OCI spec the SDK builds for a `docker run` (its namespaces, mounts,
+//! masked and read-only paths, capabilities and the containers-common
+//! seccomp profile), and the container sees what it would see under runc.
+//! Expected values are Docker's documented defaults.
+//!
+//! Needs what `host_tier.rs` needs, plus the containers-common seccomp
+//! profile (`/usr/share/containers/seccomp.json`; Debian's
+//! `golang-github-containers-common`).
+
+mod common;
+
+use common::*;
+use hypercontainer::spec::{container_spec, ContainerOptions, Seccomp, Tmpfs};
+use hypercontainer_protocol::{oci, Process};
+
+/// Docker's 14 default capabilities as a `/proc/PID/status` mask.
+const DOCKER_CAPS: &str = "00000000a80425fb";
+
+fn spec_for(opts: &ContainerOptions, user: &str) -> oci::Spec {
+    container_spec(opts, user).unwrap_or_else(|e| panic!("building the spec: {e:?}"))
+}
+
+/// Runs `script` as `user` under Docker's confinement changed by `opts`.
+fn run_confined(opts: &ContainerOptions, user: &str, script: &str) -> Outcome {
+    let spec = spec_for(opts, user);
+    let mut s = session();
+    s.start_with(|st| {
+        st.spec = spec;
+        st.process = Process {
+            user: user.into(),
+            ..sh(script)
+        };
+    });
+    s.finish()
+}
+
+fn caps_of(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter(|l| l.starts_with("Cap"))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn expect_caps(out: &str, inh: &str, prm: &str, eff: &str, bnd: &str, amb: &str) {
+    let want: Vec<(String, String)> = [
+        ("CapInh", inh),
+        ("CapPrm", prm),
+        ("CapEff", eff),
+        ("CapBnd", bnd),
+        ("CapAmb", amb),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(caps_of(out), want, "{out}");
+}
+
+const ZERO: &str = "0000000000000000";
+
+#[test]
+fn capabilities_are_dockers_for_root_and_bounding_only_for_other_users() {
+    let opts = ContainerOptions::default();
+    let o = run_confined(&opts, "", "grep ^Cap /proc/self/status");
+    assert_eq!(o.status(MAIN), 0, "{}", o.stderr(MAIN));
+    expect_caps(
+        &o.stdout(MAIN),
+        ZERO,
+        DOCKER_CAPS,
+        DOCKER_CAPS,
+        DOCKER_CAPS,
+        ZERO,
+    );
+
+    let o = run_confined(&opts, "app", "grep ^Cap /proc/self/status");
+    assert_eq!(o.status(MAIN), 0, "{}", o.stderr(MAIN));
+    expect_caps(&o.stdout(MAIN), ZERO, ZERO, ZERO, DOCKER_CAPS, ZERO);
+
+    // --cap-drop ALL --cap-add CHOWN: only CAP_CHOWN (bit 0).
+    let opts = ContainerOptions {
+        cap_drop: vec!["ALL".into()],
+        cap_add: vec!["chown".into()],
+        ..ContainerOptions::default()
+    };
+    let o = run_confined(&opts, "0", "grep ^Cap /proc/self/status");
+    let one = "0000000000000001";
+    expect_caps(&o.stdout(MAIN), ZERO, one, one, one, ZERO);
+}
+
+#[test]
+fn the_default_seccomp_profile_and_capabilities_refuse_what_docker_refuses() {
+    let o = run_confined(
+        &ContainerOptions::default(),
+        "",
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+         mount -t tmpfs none /tmp 2>&1; echo mount=$?; \
+         hostname other 2>&1; echo hostname=$?; \
+         echo ok",
+    );
+    let out = o.stdout(MAIN);
+    assert!(
+        out.contains("Seccomp:\t2\n"),
+        "a seccomp filter is on: {out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t0\n"), "{out}");
+    assert!(
+        out.contains("mount=1") || out.contains("mount=255"),
+        "{out}"
+    );
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("hostname=1"), "{out}");
+    assert!(out.ends_with("ok\n"), "{out}");
+    assert_eq!(o.status(MAIN), 0);
+
+    // Unconfined: no filter, and no_new_privs when asked.
+    let opts = ContainerOptions {
+        seccomp: Seccomp::Unconfined,
+        no_new_privileges: true,
+        ..ContainerOptions::default()
+    };
+    let o = run_confined(
+        &opts,
+        "",
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+    );
+    assert_eq!(o.stdout(MAIN), "NoNewPrivs:\t1\nSeccomp:\t0\n");
+}
+
+#[test]
+fn pid_1_semantics_as_under_runc() {
+    // `kill -9 $$` from inside: the kernel drops a signal that PID 1 of a
+    // namespace has no handler for, so the shell goes on and exits 0.
+    let o = run_confined(
+        &ContainerOptions::default(),
+        "",
+        "echo $$; kill -9 $$; echo alive",
+    );
+    assert_eq!(o.stdout(MAIN), "1\nalive\n");
+    assert_eq!(o.status(MAIN), 0);
+
+    // A SIGTERM with no handler is ignored too; SIGKILL from outside is not.
+    let mut s = session();
+    let spec = spec_for(&ContainerOptions::default(), "");
+    s.start_with(|st| {
+        st.spec = spec;
+        st.process = sh("echo ready; while :; do sleep 1; done");
+    });
+    s.until("ready", |m| {
+        matches!(m, hypercontainer_protocol::Message::Stdout { id: MAIN, .. })
+    });
+    s.send(&hypercontainer_protocol::Message::Signal {
+        id: MAIN,
+        signal: libc::SIGTERM,
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    s.send(&hypercontainer_protocol::Message::Signal {
+        id: MAIN,
+        signal: libc::SIGKILL,
+    });
+    let o = s.finish();
+    assert_eq!(o.status(MAIN), 137, "SIGTERM was ignored, SIGKILL was not");
+}
+
+#[test]
+fn masked_and_read_only_paths() {
+    let o = run_confined(
+        &ContainerOptions::default(),
+        "",
+        "for f in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug; do \
+           [ -e $f ] && echo \"$f $(wc -c < $f)\"; done; \
+         echo firmware=$(ls /sys/firmware | wc -l); \
+         echo 1 > /proc/sys/kernel/domainname 2>/dev/null; echo procsys=$?; \
+         echo x > /proc/sysrq-trigger 2>/dev/null; echo sysrq=$?; \
+         touch /sys/x 2>/dev/null; echo sys=$?",
+    );
+    let out = o.stdout(MAIN);
+    for line in out.lines().filter(|l| l.starts_with("/proc/")) {
+        assert!(line.ends_with(" 0"), "masked paths read empty: {line}");
+    }
+    assert!(out.contains("firmware=0\n"), "{out}");
+    assert!(out.contains("procsys=1\n"), "{out}");
+    assert!(out.contains("sysrq=1\n"), "{out}");
+    assert!(out.contains("sys=1\n"), "{out}");
+}
+
+#[test]
+fn dev_holds_only_the_default_devices_and_shm_has_its_size() {
+    let opts = ContainerOptions {
+        shm_size: Some(8 << 20),
+        ..ContainerOptions::default()
+    };
+    let o = run_confined(
+        &opts,
+        "",
+        "ls /dev | tr '\\n' ' '; echo; df -k /dev/shm | tail -1 | awk '{print $2}'; \
+         cat /proc/self/mountinfo | awk '$5==\"/dev/mqueue\" {print \"mqueue\"}'",
+    );
+    assert_eq!(
+        o.stdout(MAIN),
+        "core fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero \n8192\nmqueue\n"
+            .replace("core ", ""),
+        "{}",
+        o.stderr(MAIN)
+    );
+}
+
+#[test]
+fn read_only_root_tmpfs_and_sysctls() {
+    let opts = ContainerOptions {
+        read_only: true,
+        tmpfs: vec![Tmpfs::new("/scratch").size(1 << 20)],
+        sysctls: [("kernel.domainname".to_string(), "example.org".to_string())].into(),
+        ..ContainerOptions::default()
+    };
+    let o = run_confined(
+        &opts,
+        "",
+        "touch /data/x 2>&1; echo root=$?; touch /scratch/x && echo scratch=ok; \
+         df -k /scratch | tail -1 | awk '{print $2}'; cat /proc/sys/kernel/domainname; \
+         cat /etc/hostname",
+    );
+    let out = o.stdout(MAIN);
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains("root=1\n"), "{out}");
+    assert!(
+        out.contains("scratch=ok\n1024\nexample.org\nsandbox\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn exec_gets_the_containers_namespaces_and_confinement() {
+    let spec = spec_for(&ContainerOptions::default(), "");
+    let mut s = session();
+    s.start_with(|st| {
+        st.spec = spec;
+        st.process = sh("hostname; read x");
+    });
+    s.until("main started", |m| {
+        matches!(
+            m,
+            hypercontainer_protocol::Message::Started { id: MAIN, .. }
+        )
+    });
+    s.send(&hypercontainer_protocol::Message::Exec {
+        id: 2,
+        process: Box::new(sh(
+            "hostname; cut -d' ' -f1 /proc/1/stat; grep -E '^(CapEff|Seccomp):' /proc/self/status",
+        )),
+    });
+    s.until("exec exit", |m| {
+        matches!(m, hypercontainer_protocol::Message::Exited { id: 2, .. })
+    });
+    s.stdin(MAIN, b"go\n");
+    let o = s.finish();
+    assert_eq!(
+        o.stdout(2),
+        format!("sandbox\n1\nCapEff:\t{DOCKER_CAPS}\nSeccomp:\t2\n"),
+        "{}",
+        o.stderr(2)
+    );
+    assert_eq!(o.status(2), 0);
+}
