@@ -123,9 +123,12 @@ fn build_image(work: &Path, archive: &Path) -> Result<()> {
         .ctx(|| format!("building the test image {}", archive.display()))
 }
 
+/// The containers-common seccomp profile (see `hypercontainer::spec::seccomp`).
+const SECCOMP_PROFILE: &str = "/usr/share/containers/seccomp.json";
+
 /// Adds the agent (`HYPERCONTAINER_AGENT`), the busybox test image
-/// (`HYPERCONTAINER_TEST_IMAGE`) and `mkfs.erofs` (the image store builds
-/// layer images with it) to a test host.
+/// (`HYPERCONTAINER_TEST_IMAGE`), `mkfs.erofs` (the image store builds
+/// layer images with it) and the default seccomp profile to a test host.
 pub fn with_sandbox_assets(builder: TestHostBuilder) -> Result<TestHostBuilder> {
     let agent = ensure()?;
     let image = test_image()?;
@@ -137,7 +140,15 @@ pub fn with_sandbox_assets(builder: TestHostBuilder) -> Result<TestHostBuilder> 
             .to_string_lossy()
             .into_owned())
     };
+    // The default seccomp profile the SDK gives containers, at its path.
+    let profile = Path::new(SECCOMP_PROFILE);
+    if !profile.is_file() {
+        return fail(format!(
+            "{SECCOMP_PROFILE} is missing (cargo xtask deps installs golang-github-containers-common)"
+        ));
+    }
     Ok(builder
+        .include(profile)
         .include(&agent)
         .env(hypercontainer::guest::AGENT_ENV, inside(&agent)?)
         .include(&image)

@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "umoci",
     "skopeo",
+    // the default seccomp profile of containers (/usr/share/containers/seccomp.json)
+    "golang-github-containers-common",
 ];
 
 /// Packages of `wanted` that dpkg does not report as installed.

@@ -1186,6 +1186,13 @@ impl Sandbox {
         self.main.try_status()
     }
 
+    /// Whether the main process was ended by the kernel's OOM killer (the
+    /// container exceeded its memory limit, [`Limits::memory`]); its exit
+    /// status is then 137. Docker reports this as `OOMKilled`.
+    pub fn oom_killed(&self) -> bool {
+        self.main.oom_killed()
+    }
+
     fn died(&self, e: agent_client::Error) -> Error {
         boot_failure(&self.vm, &self.ended, "while the process ran", e)
     }

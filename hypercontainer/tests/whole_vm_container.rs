@@ -1,0 +1,204 @@
+//! Whole-VM tests of Docker's container semantics: the real guest kernel,
+//! the agent applying the spec the SDK builds for a `docker run`, the
+//! busybox test image. Each expectation is what `docker run` (runc) gives
+//! for the same image and command.
+//!
+//! Ignored by default: `cargo xtask whole-vm` (or `cargo xtask test`) runs
+//! them where a stock guest kernel boots, inside the emulated KVM host on
+//! other machines (see `whole_vm_sandbox.rs` for the environment they
+//! need; the default seccomp profile comes from containers-common).
+
+mod sandbox_common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use hypercontainer::sandbox::{Error, Limits, Sandbox, SandboxBuilder, Seccomp};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn sandbox() -> SandboxBuilder {
+    Sandbox::builder()
+        .image(sandbox_common::image_ref().parse().unwrap())
+        .boot_timeout(Duration::from_secs(120))
+}
+
+fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// Runs to the end; returns (stdout, stderr, status, oom_killed).
+fn run(b: SandboxBuilder) -> (String, String, i32, bool) {
+    let s = b.start().unwrap_or_else(|e| panic!("start: {e:?}"));
+    let (out, err) = (s.stdout().unwrap(), s.stderr().unwrap());
+    let err = std::thread::spawn(move || read_all(err));
+    let out = read_all(out);
+    let status = s
+        .wait_timeout(WAIT)
+        .unwrap()
+        .expect("the process ends in time");
+    (out, err.join().unwrap(), status, s.oom_killed())
+}
+
+fn sh(b: SandboxBuilder, script: &str) -> (String, String, i32, bool) {
+    run(b.cmd(["sh", "-c", script]))
+}
+
+/// Docker's default capabilities as a `/proc/PID/status` mask.
+const DOCKER_CAPS: &str = "00000000a80425fb";
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn docker_run_semantics_in_one_sandbox_each() {
+    // PID 1 of its own namespace, root's capabilities, a seccomp filter,
+    // HOSTNAME, masked paths, no mount for root.
+    let t0 = Instant::now();
+    let (out, err, status, _) = sh(
+        sandbox().user("root").hostname("box1"),
+        "echo pid=$$; kill -9 $$; echo alive; echo HOSTNAME=$HOSTNAME; \
+         grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|Seccomp):' /proc/self/status; \
+         for f in /proc/kcore /proc/keys /proc/timer_list; do [ -e $f ] && echo \"$f $(wc -c < $f)\"; done; \
+         echo firmware=$(ls /sys/firmware | wc -l); \
+         mount -t tmpfs none /mnt 2>/dev/null; echo mount=$?; \
+         echo 1 > /proc/sys/kernel/domainname 2>/dev/null; echo procsys=$?; \
+         ls /dev | tr '\\n' ' '",
+    );
+    eprintln!("confined sandbox: {:?}", t0.elapsed());
+    assert_eq!(status, 0, "{err}");
+    let want = format!(
+        "pid=1\nalive\nHOSTNAME=box1\nCapInh:\t0000000000000000\nCapPrm:\t{DOCKER_CAPS}\n\
+         CapEff:\t{DOCKER_CAPS}\nCapBnd:\t{DOCKER_CAPS}\nCapAmb:\t0000000000000000\nSeccomp:\t2\n"
+    );
+    assert!(out.starts_with(&want), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("/proc/")) {
+        assert!(line.ends_with(" 0"), "masked paths read empty: {line}");
+    }
+    assert!(
+        out.contains("firmware=0\nmount=255\nprocsys=1\n")
+            || out.contains("firmware=0\nmount=1\nprocsys=1\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(
+            "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero "
+        ),
+        "{out}"
+    );
+
+    // A non-root user holds Docker's set only as its bounding set.
+    let (out, _, _, _) = sh(
+        sandbox(),
+        "id -u; grep -E '^Cap(Prm|Eff|Bnd):' /proc/self/status",
+    );
+    assert_eq!(
+        out,
+        format!(
+            "1000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t{DOCKER_CAPS}\n"
+        )
+    );
+
+    // The default profile denies swapoff(2) even with CAP_SYS_ADMIN, which
+    // the kernel alone would let through to a different error.
+    let script = "swapoff /dev/null 2>&1; true";
+    let (denied, _, _, _) = sh(sandbox().user("root").cap_add("SYS_ADMIN"), script);
+    assert!(denied.contains("Operation not permitted"), "{denied}");
+    let (allowed, _, _, _) = sh(
+        sandbox()
+            .user("root")
+            .cap_add("SYS_ADMIN")
+            .seccomp(Seccomp::Unconfined),
+        script,
+    );
+    assert!(!allowed.contains("Operation not permitted"), "{allowed}");
+
+    // Read-only root with a tmpfs, as `--read-only --tmpfs /scratch`.
+    let (out, _, status, _) = sh(
+        sandbox()
+            .user("root")
+            .read_only(true)
+            .tmpfs(hypercontainer::sandbox::Tmpfs::new("/scratch").size(1 << 20)),
+        "touch /data/x 2>/dev/null; echo root=$?; touch /scratch/x && echo scratch=ok",
+    );
+    assert_eq!((out.as_str(), status), ("root=1\nscratch=ok\n", 0));
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn sigterm_without_a_handler_is_ignored_and_stop_kills() {
+    let s = sandbox()
+        .cmd(["sh", "-c", "echo ready; while :; do sleep 1; done"])
+        .start()
+        .unwrap_or_else(|e| panic!("start: {e:?}"));
+    let mut out = s.stdout().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    s.kill(libc::SIGTERM).unwrap();
+    assert_eq!(
+        s.wait_timeout(Duration::from_secs(2)).unwrap(),
+        None,
+        "PID 1 ignores SIGTERM"
+    );
+    // The image's StopSignal (SIGUSR1) is ignored too; the grace ends in SIGKILL.
+    let t = Instant::now();
+    assert_eq!(s.stop(Duration::from_secs(1)).unwrap(), 137);
+    assert!(t.elapsed() >= Duration::from_secs(1));
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn start_errors_are_127_and_126() {
+    for (cmd, want, words) in [
+        ("no-such-program", 127, "executable file not found"),
+        ("/etc", 126, "/etc"),
+    ] {
+        match sandbox().cmd([cmd]).start() {
+            Err(e @ Error::ProcessStart { .. }) => {
+                let Error::ProcessStart {
+                    status, message, ..
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(*status, want, "{message}");
+                assert!(message.contains(words), "{message}");
+            }
+            other => panic!("{cmd}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn cgroup_limits_oom_and_pids() {
+    // Exceeding the memory limit is an OOM kill: 137, flagged.
+    let (_, err, status, oom) = sh(
+        sandbox().user("root").memory_mib(256).limits(Limits {
+            memory: Some(32 << 20),
+            ..Limits::default()
+        }),
+        "cat /sys/fs/cgroup/memory.max; head -c 100000000 /dev/zero | tail > /dev/null; echo survived",
+    );
+    assert_eq!((status, oom), (137, true), "{err}");
+
+    // The pids limit holds: forks beyond it fail, the container goes on
+    // (only shell builtins after the forks).
+    let (out, err, status, oom) = sh(
+        sandbox().user("root").limits(Limits {
+            pids: Some(8),
+            ..Limits::default()
+        }),
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done 2>/dev/null; \
+         read m < /sys/fs/cgroup/pids.max; read n < /sys/fs/cgroup/pids.current; \
+         echo max=$m current=$n",
+    );
+    assert_eq!((status, oom), (0, false), "{err}");
+    let current: usize = out
+        .trim()
+        .strip_prefix("max=8 current=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(current <= 8, "{out}");
+}
