@@ -262,3 +262,48 @@ fn exec_gets_the_containers_namespaces_and_confinement() {
     );
     assert_eq!(o.status(2), 0);
 }
+
+/// Not a check: prints the agent's start-to-exec time (from the
+/// `RootfsReady` boot stage to the child's `execve`) with and without
+/// Docker's confinement, medians of 20 starts each.
+/// `cargo test -p hypercontainer-guest --test host_tier_confinement -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_start_to_exec() {
+    use hypercontainer_protocol::{BootStage, Message};
+    let mut report = Vec::new();
+    for (name, spec) in [
+        ("mount namespace and basic mounts only", test_spec()),
+        (
+            "Docker's confinement",
+            spec_for(&ContainerOptions::default(), ""),
+        ),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let mut s = session();
+            let spec = spec.clone();
+            s.start_with(|st| {
+                st.spec = spec;
+                st.process = process(&["true"]);
+            });
+            let o = s.finish();
+            let stage = |want| {
+                o.msgs.iter().find_map(|m| match m {
+                    Message::BootStage { stage, boottime_ns } if *stage == want => {
+                        Some(*boottime_ns)
+                    }
+                    _ => None,
+                })
+            };
+            let (ready, exec) = (stage(BootStage::RootfsReady), stage(BootStage::ProcessExec));
+            times.push(exec.unwrap() - ready.unwrap());
+        }
+        times.sort();
+        report.push(format!(
+            "{name}: median {} us",
+            times[times.len() / 2] / 1000
+        ));
+    }
+    eprintln!("start-to-exec, host tier:\n  {}", report.join("\n  "));
+}
