@@ -23,61 +23,47 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use hypercontainer::vmm::console::Timestamped;
 use hypercontainer::vmm::{self, Error, ExitReason, SystemEvent, VmBuilder};
 
+/// Boots a Linux kernel and streams its console to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "boot")]
 struct Args {
+    /// The kernel (PVH vmlinux or bzImage; default: the SDK's cached one).
+    #[arg(long)]
     kernel: Option<PathBuf>,
+    /// An initramfs.
+    #[arg(long)]
     initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long)]
     cmdline: Option<String>,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
     cpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = vmm::DEFAULT_MEMORY_MIB)]
     memory: u64,
+    /// Give up after this many seconds (exit 4).
+    #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Print the host-side setup time and the VMM's memory on stderr.
+    #[arg(long)]
     report: bool,
+    /// Start every console line with the host time since build().
+    #[arg(long)]
     timestamps: bool,
 }
 
-const USAGE: &str = "usage: boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] \
-                     [--memory MIB] [--timeout SECS] [--report] [--timestamps]";
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        cpus: 1,
-        memory: vmm::DEFAULT_MEMORY_MIB,
-        timeout: None,
-        report: false,
-        timestamps: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
-        match flag.as_str() {
-            "--kernel" => a.kernel = Some(value()?.into()),
-            "--initrd" => a.initrd = Some(value()?.into()),
-            "--cmdline" => a.cmdline = Some(value()?),
-            "--cpus" => a.cpus = value()?.parse().map_err(|e| format!("--cpus: {e}"))?,
-            "--memory" => a.memory = value()?.parse().map_err(|e| format!("--memory: {e}"))?,
-            "--timeout" => {
-                a.timeout = Some(value()?.parse().map_err(|e| format!("--timeout: {e}"))?)
-            }
-            "--report" => a.report = true,
-            "--timestamps" => a.timestamps = true,
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
-    Ok(a)
-}
-
 fn main() -> ExitCode {
-    let args = match parse() {
+    let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(1);
+        Err(e) => {
+            let help = !e.use_stderr();
+            let _ = e.print();
+            return ExitCode::from(if help { 0 } else { 1 });
         }
     };
     let kernel = match args

@@ -4,10 +4,19 @@
 //! cargo run -p hypercontainer-examples --example embed -- oci-archive:busybox.oci.tar
 //! ```
 
+use clap::Parser;
 use hypercontainer::Sandbox;
 
+/// Runs `echo` in a microVM.
+#[derive(Debug, Parser)]
+#[command(name = "embed")]
+struct Args {
+    /// The image, e.g. oci-archive:busybox.oci.tar.
+    image: String,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let image = std::env::args().nth(1).ok_or("usage: embed IMAGE")?;
+    let image = Args::parse().image;
     let sandbox = Sandbox::builder()
         .image(image.parse()?)
         .cmd(["echo", "hello from a microVM"])

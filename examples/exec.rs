@@ -11,10 +11,20 @@
 use std::io::Read;
 use std::time::Duration;
 
+use clap::Parser;
 use hypercontainer::sandbox::{Exec, Sandbox};
 
+/// Starts a sandbox, runs two more processes in it with exec, stops it.
+#[derive(Debug, Parser)]
+#[command(name = "exec")]
+struct Args {
+    /// The image (default: the busybox test image named by
+    /// $HYPERCONTAINER_TEST_IMAGE).
+    image: Option<String>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let image = match std::env::args().nth(1) {
+    let image = match Args::parse().image {
         Some(i) => i,
         None => match std::env::var("HYPERCONTAINER_TEST_IMAGE") {
             Ok(p) => format!("oci-archive:{p}:test"),

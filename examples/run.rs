@@ -18,105 +18,113 @@
 //! `--net TAP,ADDR/PREFIX[,GATEWAY]` (repeatable) gives the sandbox a NIC on
 //! the host tap TAP (created if missing; its host side is yours to
 //! configure) with the guest at ADDR; `--dns IP` (repeatable) writes
-//! `/etc/resolv.conf`. Errors print on stderr and exit with 125, as
-//! `docker run` does.
+//! `/etc/resolv.conf`. Docker's confinement options are taken too:
+//! `--cap-add`, `--cap-drop`, `--security-opt seccomp=unconfined|FILE`,
+//! `--security-opt no-new-privileges`, `--read-only`, `--tmpfs
+//! PATH[:size=N]`, `--shm-size`, `--sysctl K=V`, and cgroup limits
+//! `--memory-limit BYTES`, `--cpu-limit CPUS`, `--pids-limit N`. Errors
+//! print on stderr and exit as `docker run` does: 127 when the executable
+//! is not found, 126 when it cannot be executed, 125 otherwise
+//! (`Error::exit_status`). `--help` lists every option.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use hypercontainer::sandbox::{NetworkInterface, Output, Sandbox};
+use clap::Parser;
+use hypercontainer::sandbox::{Error, Limits, NetworkInterface, Output, Sandbox, Seccomp, Tmpfs};
 use hypercontainer::vmm::console::Timestamped;
 
+/// Runs an image's process in its own microVM, as `docker run` does.
+#[derive(Debug, Parser)]
+#[command(name = "run", trailing_var_arg = true)]
 struct Args {
+    /// vCPUs of the VM.
+    #[arg(long, default_value_t = 1)]
     cpus: u32,
+    /// Memory of the VM, in MiB.
+    #[arg(long, short = 'm', default_value_t = hypercontainer::sandbox::DEFAULT_MEMORY_MIB)]
     memory: u64,
-    env: Vec<(String, String)>,
+    /// Set an environment variable (`-e NAME` passes the local value).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long, short = 'w')]
     workdir: Option<String>,
+    /// User (name, uid, user:group or uid:gid).
+    #[arg(long, short = 'u')]
     user: Option<String>,
+    /// Keep stdin open and forward it.
+    #[arg(long, short = 'i')]
     interactive: bool,
+    /// Run on a terminal (the local one is put in raw mode with -i).
+    #[arg(long, short = 't')]
     tty: bool,
+    /// Print the boot-stage timings on stderr at the end.
+    #[arg(long)]
     timings: bool,
+    /// Copy the guest's serial console to stderr, stamped with host time.
+    #[arg(long)]
     console: bool,
+    /// Append to the guest kernel's command line.
+    #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
-    nets: Vec<NetworkInterface>,
+    /// A NIC on host tap TAP (created if missing) with the guest at ADDR.
+    #[arg(long = "net", value_name = "TAP,ADDR/PREFIX[,GATEWAY]")]
+    nets: Vec<String>,
+    /// A DNS server for /etc/resolv.conf.
+    #[arg(long)]
     dns: Vec<std::net::IpAddr>,
+    /// Add a capability (`ALL` for all).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability (`ALL` for all).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// `seccomp=unconfined`, `seccomp=FILE` or `no-new-privileges`.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// A tmpfs mount, `PATH[:size=BYTES]`.
+    #[arg(long, value_name = "PATH[:size=N]")]
+    tmpfs: Vec<String>,
+    /// Size of /dev/shm in bytes.
+    #[arg(long = "shm-size", value_name = "BYTES")]
+    shm_size: Option<u64>,
+    /// A namespaced sysctl, `KEY=VALUE`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    sysctl: Vec<String>,
+    /// Memory limit of the container in bytes (a cgroup in the guest;
+    /// exceeding it is an OOM kill, exit 137).
+    #[arg(long = "memory-limit", value_name = "BYTES")]
+    memory_limit: Option<u64>,
+    /// CPU limit of the container, in CPUs (e.g. 0.5).
+    #[arg(long = "cpu-limit", value_name = "CPUS")]
+    cpu_limit: Option<f64>,
+    /// Most processes and threads in the container.
+    #[arg(long = "pids-limit", value_name = "N")]
+    pids_limit: Option<i64>,
+    /// The image: oci:PATH[:TAG], oci-archive:PATH[:TAG] or docker-archive:PATH[:REF].
     image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(allow_hyphen_values = true)]
     cmd: Vec<String>,
 }
 
-const USAGE: &str = "usage: run [--cpus N] [--memory MIB] [-e K=V] [-w DIR] [-u USER] [-i] [-t] \
-                     [--timings] [--console] [--kernel-arg ARG] \
-                     [--net TAP,ADDR/PREFIX[,GATEWAY]] [--dns IP] IMAGE [CMD...]";
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        cpus: 1,
-        memory: hypercontainer::sandbox::DEFAULT_MEMORY_MIB,
-        env: Vec::new(),
-        workdir: None,
-        user: None,
-        interactive: false,
-        tty: false,
-        timings: false,
-        console: false,
-        kernel_args: Vec::new(),
-        nets: Vec::new(),
-        dns: Vec::new(),
-        image: String::new(),
-        cmd: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    let value = |it: &mut dyn Iterator<Item = String>, flag: &str| {
-        it.next().ok_or(format!("{flag} needs a value"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--cpus" => {
-                a.cpus = value(&mut it, "--cpus")?
-                    .parse()
-                    .map_err(|_| "--cpus takes a number")?
-            }
-            "--memory" | "-m" => {
-                a.memory = value(&mut it, "--memory")?
-                    .parse()
-                    .map_err(|_| "--memory takes MiB")?
-            }
-            "-e" | "--env" => {
-                let kv = value(&mut it, "-e")?;
-                let (k, v) = match kv.split_once('=') {
-                    Some((k, v)) => (k.to_string(), v.to_string()),
-                    // `-e NAME` passes the local value, as docker does.
-                    None => (kv.clone(), std::env::var(&kv).unwrap_or_default()),
-                };
-                a.env.push((k, v));
-            }
-            "-w" | "--workdir" => a.workdir = Some(value(&mut it, "-w")?),
-            "-u" | "--user" => a.user = Some(value(&mut it, "-u")?),
-            "-i" | "--interactive" => a.interactive = true,
-            "-t" | "--tty" => a.tty = true,
-            "-it" | "-ti" => {
-                a.interactive = true;
-                a.tty = true
-            }
-            "--timings" => a.timings = true,
-            "--console" => a.console = true,
-            "--kernel-arg" => a.kernel_args.push(value(&mut it, "--kernel-arg")?),
-            "--net" => a.nets.push(parse_net(&value(&mut it, "--net")?)?),
-            "--dns" => a.dns.push(
-                value(&mut it, "--dns")?
-                    .parse()
-                    .map_err(|_| "--dns takes an IP address")?,
-            ),
-            "-h" | "--help" => return Err(USAGE.into()),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
-            _ => {
-                a.image = arg;
-                a.cmd = it.collect();
-                return Ok(a);
-            }
+/// `PATH[:size=BYTES]`.
+fn parse_tmpfs(v: &str) -> Result<Tmpfs, Error> {
+    let bad = || Error::Config(format!("--tmpfs {v}: expected PATH[:size=BYTES]"));
+    match v.split_once(':') {
+        None => Ok(Tmpfs::new(v)),
+        Some((path, opt)) => {
+            let size = opt
+                .strip_prefix("size=")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?;
+            Ok(Tmpfs::new(path).size(size))
         }
     }
-    Err(USAGE.into())
 }
 
 /// `TAP,ADDR/PREFIX[,GATEWAY]`.
@@ -204,9 +212,48 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     if !a.cmd.is_empty() {
         b = b.cmd(a.cmd);
     }
-    for (k, v) in &a.env {
-        b = b.env(k, v);
+    for kv in &a.env {
+        b = match kv.split_once('=') {
+            Some((k, v)) => b.env(k, v),
+            // `-e NAME` passes the local value, as docker does.
+            None => b.env(kv, std::env::var(kv).unwrap_or_default()),
+        };
     }
+    for c in &a.cap_add {
+        b = b.cap_add(c);
+    }
+    for c in &a.cap_drop {
+        b = b.cap_drop(c);
+    }
+    for o in &a.security_opt {
+        b = match o.as_str() {
+            "no-new-privileges" | "no-new-privileges=true" => b.no_new_privileges(true),
+            "seccomp=unconfined" => b.seccomp(Seccomp::Unconfined),
+            other => match other.strip_prefix("seccomp=") {
+                Some(file) => b.seccomp(Seccomp::Profile(file.into())),
+                None => return Err(Error::Config(format!("unknown --security-opt {other:?}"))),
+            },
+        };
+    }
+    for t in &a.tmpfs {
+        b = b.tmpfs(parse_tmpfs(t)?);
+    }
+    for kv in &a.sysctl {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("--sysctl {kv}: expected KEY=VALUE")))?;
+        b = b.sysctl(k, v);
+    }
+    if let Some(s) = a.shm_size {
+        b = b.shm_size(s);
+    }
+    b = b.read_only(a.read_only).limits(Limits {
+        memory: a.memory_limit,
+        cpus: a.cpu_limit,
+        cpu_shares: None,
+        pids: a.pids_limit,
+    });
+
     if let Some(w) = a.workdir {
         b = b.workdir(w);
     }
@@ -223,8 +270,8 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     for arg in a.kernel_args {
         b = b.kernel_arg(arg);
     }
-    for n in a.nets {
-        b = b.network(n);
+    for n in &a.nets {
+        b = b.network(parse_net(n).map_err(Error::Config)?);
     }
     for d in a.dns {
         b = b.dns(d);
@@ -280,11 +327,13 @@ fn print_timings(t: &hypercontainer::sandbox::BootTimings) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
+    let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(125);
+        Err(e) => {
+            let help = !e.use_stderr();
+            let _ = e.print();
+            // Bad usage is 125, as with `docker run`.
+            return ExitCode::from(if help { 0 } else { 125 });
         }
     };
     match run(args) {
@@ -297,7 +346,7 @@ fn main() -> ExitCode {
                 src = s.source();
             }
             eprintln!("run: {msg}");
-            ExitCode::from(125)
+            ExitCode::from(e.exit_status() as u8)
         }
     }
 }

@@ -42,6 +42,7 @@
 //! [`Sandbox`] and [`Process`] are `Send + Sync`: wait in one thread while
 //! another reads output or sends signals.
 
+mod exit_status;
 mod image;
 mod network;
 
