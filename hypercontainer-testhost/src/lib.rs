@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 pub mod ldd;
+pub mod passthrough;
 pub mod script;
 
 use hypercontainer::initramfs::{CpioWriter, InitramfsError, Metadata};
@@ -61,6 +62,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+
+use passthrough::{StdoutCopier, PASSTHROUGH_PORT};
 use std::time::{Duration, Instant};
 
 /// The guest's PVH `vmlinux`.
@@ -241,6 +244,7 @@ pub struct Job {
     args: Vec<OsString>,
     env: Vec<(String, String)>,
     timeout: Option<Duration>,
+    passthrough: bool,
 }
 
 impl Job {
@@ -254,7 +258,20 @@ impl Job {
             args: Vec::new(),
             env: Vec::new(),
             timeout: None,
+            passthrough: false,
         }
+    }
+
+    /// Passes the job's output through unchanged: its stdout goes to this
+    /// process's stdout byte for byte (in the emulated host, over a second
+    /// serial port of its own), its stderr to this process's stderr (the
+    /// emulated host's console, which carries it, is echoed there). Such a
+    /// job's output is neither echoed with a prefix nor kept in its
+    /// [`JobResult`], and a failure does not dump the kernel log. For jobs
+    /// that stand in for a command a user runs (`cargo xtask run`).
+    pub fn passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
     }
 
     /// Kills the job after `timeout` and goes on with the next one. In the
@@ -667,9 +684,24 @@ impl TestHost {
         cmd.args(&job.args)
             .envs(env.iter().cloned())
             .envs(job.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
+        if job.passthrough {
+            let status = cmd
+                .status()
+                .map_err(io_err(format!("running {}", job.program.display())))?;
+            use std::os::unix::process::ExitStatusExt;
+            let exit_code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return Ok(JobResult {
+                name: job.name.clone(),
+                exit_code,
+                output: String::new(),
+                duration: start.elapsed(),
+                timed_out: false,
+            });
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = KillOnDrop(
             cmd.spawn()
                 .map_err(io_err(format!("starting {}", job.program.display())))?,
@@ -758,6 +790,7 @@ impl TestHost {
                 argv,
                 env: job.env.clone(),
                 timeout_secs: job.timeout.map(|t| t.as_secs().max(1)),
+                stdout_port: job.passthrough.then(|| PASSTHROUGH_PORT.to_string()),
             });
         }
         for exe in &self.executables {
@@ -855,6 +888,10 @@ impl TestHost {
             start.elapsed().as_secs_f64()
         ));
         let monitor = dir.path().join("monitor.sock");
+        // The passthrough jobs' stdout: the emulated host's second serial
+        // port, written to a file that a thread copies to our stdout.
+        let stdout_file = dir.path().join("job-stdout");
+        std::fs::File::create(&stdout_file).map_err(io_err("creating the job stdout file"))?;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(["-accel", "tcg", "-cpu", "max"])
             .args(["-smp", &self.cpus.to_string()])
@@ -866,6 +903,8 @@ impl TestHost {
                 "stdio",
                 "-no-reboot",
             ])
+            .arg("-serial")
+            .arg(format!("file:{}", stdout_file.display()))
             .arg("-kernel")
             .arg(&assets.kernel)
             .arg("-initrd")
@@ -883,6 +922,7 @@ impl TestHost {
         );
         // Keep QEMU's stdin open (and idle) for the whole run.
         let _stdin = child.0.stdin.take();
+        let _copier = StdoutCopier::start(&stdout_file);
         let (rx, readers) = read_lines(&mut child.0);
         let token = script::token(&nonce);
         let mut tail: Vec<String> = Vec::new();

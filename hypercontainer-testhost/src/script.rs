@@ -30,6 +30,10 @@ pub struct ScriptJob {
     /// Kill the job after this many seconds (after printing where its
     /// threads are).
     pub timeout_secs: Option<u64>,
+    /// Send the job's stdout to this device (put in raw mode) instead of
+    /// the console, and keep the kernel log off the console after a
+    /// failure: a passthrough job.
+    pub stdout_port: Option<String>,
 }
 
 /// Everything the init script needs.
@@ -101,6 +105,11 @@ pub fn init_script(spec: &ScriptSpec) -> String {
             line.push_str(&sh_quote(a));
         }
         line.push_str(" ) </dev/null");
+        if let Some(port) = &job.stdout_port {
+            let _ = writeln!(s, "stty -F {} raw -echo 2>/dev/null", sh_quote(port));
+            line.push_str(" >");
+            line.push_str(&sh_quote(port));
+        }
         match job.timeout_secs {
             None => {
                 s.push_str(&line);
@@ -121,10 +130,12 @@ pub fn init_script(spec: &ScriptSpec) -> String {
         let _ = writeln!(s, "rc=$?; printf '\\n{t} END {i} %s\\n' \"$rc\"");
         // Kernel messages are kept off the console (loglevel=3) so they do
         // not cut into test output; show the latest after a failure.
-        let _ = writeln!(
-            s,
-            "[ \"$rc\" = 0 ] || {{ echo 'kernel log (last 30 lines):'; dmesg | tail -n 30; }}"
-        );
+        if job.stdout_port.is_none() {
+            let _ = writeln!(
+                s,
+                "[ \"$rc\" = 0 ] || {{ echo 'kernel log (last 30 lines):'; dmesg | tail -n 30; }}"
+            );
+        }
     }
     let _ = writeln!(s, "echo \"{t} DONE\"");
     s.push_str("poweroff -f\n");
@@ -285,11 +296,19 @@ mod tests {
                     argv: vec!["/t/test bin".into(), "--ignored".into()],
                     env: vec![("A".into(), "it's".into())],
                     timeout_secs: None,
+                    stdout_port: None,
                 },
                 ScriptJob {
                     argv: vec!["true".into()],
                     env: vec![],
                     timeout_secs: Some(90),
+                    stdout_port: None,
+                },
+                ScriptJob {
+                    argv: vec!["run".into()],
+                    env: vec![],
+                    timeout_secs: None,
+                    stdout_port: Some("/dev/ttyS1".into()),
                 },
             ],
         };
@@ -305,6 +324,11 @@ mod tests {
         assert!(s.contains("( export A='it'\\''s'; exec '/t/test bin' '--ignored' ) </dev/null\n"));
         // Job 1 runs in the background under a 90 s watchdog.
         assert!(s.contains("( exec 'true' ) </dev/null &\njob=$!\n(\n  sleep 90\n"));
+        // A passthrough job: stdout on its own raw port, no kernel log dump.
+        assert!(s.contains(
+            "stty -F '/dev/ttyS1' raw -echo 2>/dev/null\n( exec 'run' ) </dev/null >'/dev/ttyS1'\n"
+        ));
+        assert_eq!(s.matches("kernel log (last 30 lines)").count(), 2);
         assert!(s.contains("echo \"HCTH-abcd TIMEOUT 1\""));
         assert!(s.contains("wait $job\nrc=$?; kill $wd 2>/dev/null; (exit $rc)\nrc=$?;"));
         assert!(s.contains("rc=$?; printf '\\nHCTH-abcd END 1 %s\\n' \"$rc\"\n"));

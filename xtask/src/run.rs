@@ -149,6 +149,9 @@ fn demo_initramfs(path: &Path) -> Result<()> {
 /// `cargo xtask run`.
 pub fn cmd(args: &[String]) -> Result<()> {
     let args: Vec<String> = args.iter().skip_while(|a| *a == "--").cloned().collect();
+    // Everything below needs the system packages (the test image needs
+    // busybox, the emulated host QEMU): install them first.
+    crate::deps::ensure_apt()?;
     let payload = match args.split_first() {
         Some((name, _)) if name == DEMO => Payload::GuestBootDemo,
         Some((name, rest)) => Payload::Example {
@@ -157,7 +160,6 @@ pub fn cmd(args: &[String]) -> Result<()> {
         },
         None => default_payload()?,
     };
-    crate::deps::ensure_apt()?;
     let kernel: BuiltKernel = crate::kernel::ensure()?;
     let mode = if hypercontainer::host::detect_kvm() == hypercontainer::host::KvmKind::Hardware {
         Mode::Direct
@@ -206,7 +208,8 @@ pub fn cmd(args: &[String]) -> Result<()> {
             for a in archives_in(&args) {
                 builder = builder.include(a);
             }
-            Job::new(name, exe).args(args)
+            // Its stdout and stderr reach ours unchanged, as `docker run`'s.
+            Job::new(name, exe).args(args).passthrough(true)
         }
     };
     let report = builder.job(job).build()?.run();
@@ -217,7 +220,10 @@ pub fn cmd(args: &[String]) -> Result<()> {
     }
     let job = &report.jobs[0];
     if !job.success() {
-        return fail(format!("{} exited with {}", job.name, job.exit_code));
+        // The example's own exit code is ours, as `docker run` passes the
+        // container's on.
+        eprintln!("--- {} exited with {}", job.name, job.exit_code);
+        std::process::exit(job.exit_code.clamp(1, 255));
     }
     Ok(())
 }
