@@ -523,19 +523,30 @@ pub fn socketpair() -> SysResult<(OwnedFd, OwnedFd)> {
 /// Space for one descriptor in a control message.
 const FD_CMSG_SPACE: usize = 64;
 
+fn one_byte_iov(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// A message header over one iovec and a control buffer (its whole length).
+fn fd_msghdr(iov: &mut libc::iovec, space: &mut [u8; FD_CMSG_SPACE]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = space.len();
+    msg
+}
+
 /// Sends one descriptor (and one byte) over a Unix socket (`SCM_RIGHTS`).
 pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
+    let mut iov = one_byte_iov(&mut byte);
     let mut space = [0u8; FD_CMSG_SPACE];
-    // SAFETY: msghdr is plain data; zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
+    let mut msg = fd_msghdr(&mut iov, &mut space);
     // SAFETY: CMSG_SPACE only computes a size.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     // SAFETY: the control buffer is large enough for one header.
@@ -567,17 +578,9 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
 /// closed without sending one.
 pub fn recv_fd(sock: RawFd) -> SysResult<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
+    let mut iov = one_byte_iov(&mut byte);
     let mut space = [0u8; FD_CMSG_SPACE];
-    // SAFETY: msghdr is plain data; zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    msg.msg_controllen = space.len();
+    let mut msg = fd_msghdr(&mut iov, &mut space);
     let r = loop {
         // SAFETY: msg describes valid buffers that outlive the call.
         let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };

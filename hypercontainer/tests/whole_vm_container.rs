@@ -13,33 +13,14 @@ mod sandbox_common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use hypercontainer::sandbox::{Error, Limits, Sandbox, SandboxBuilder, Seccomp};
+use hypercontainer::sandbox::{Error, Limits, SandboxBuilder, Seccomp};
 
-const WAIT: Duration = Duration::from_secs(120);
-
-fn sandbox() -> SandboxBuilder {
-    Sandbox::builder()
-        .image(sandbox_common::image_ref().parse().unwrap())
-        .boot_timeout(Duration::from_secs(120))
-}
-
-fn read_all(mut r: impl Read) -> String {
-    let mut s = String::new();
-    r.read_to_string(&mut s).unwrap();
-    s
-}
+use sandbox_common::sandbox;
 
 /// Runs to the end; returns (stdout, stderr, status, oom_killed).
 fn run(b: SandboxBuilder) -> (String, String, i32, bool) {
-    let s = b.start().unwrap_or_else(|e| panic!("start: {e:?}"));
-    let (out, err) = (s.stdout().unwrap(), s.stderr().unwrap());
-    let err = std::thread::spawn(move || read_all(err));
-    let out = read_all(out);
-    let status = s
-        .wait_timeout(WAIT)
-        .unwrap()
-        .expect("the process ends in time");
-    (out, err.join().unwrap(), status, s.oom_killed())
+    let r = sandbox_common::run_to_end(b);
+    (r.out, r.err, r.status, r.oom_killed)
 }
 
 fn sh(b: SandboxBuilder, script: &str) -> (String, String, i32, bool) {

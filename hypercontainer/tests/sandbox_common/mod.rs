@@ -35,3 +35,51 @@ pub fn image_archive() -> &'static Path {
 pub fn image_ref() -> String {
     format!("oci-archive:{}:{TAG}", image_archive().display())
 }
+
+/// How long a test waits for a sandbox's process to end.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A builder on the busybox test image, with a boot timeout for slow
+/// (emulated) hosts.
+pub fn sandbox() -> hypercontainer::sandbox::SandboxBuilder {
+    hypercontainer::sandbox::Sandbox::builder()
+        .image(image_ref().parse().unwrap())
+        .boot_timeout(std::time::Duration::from_secs(120))
+}
+
+/// Everything a reader gives, as text.
+pub fn read_all(mut r: impl std::io::Read) -> String {
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// What a sandbox run to its end gave.
+pub struct Ran {
+    /// Its stdout.
+    pub out: String,
+    /// Its stderr.
+    pub err: String,
+    /// Its exit status.
+    pub status: i32,
+    /// Whether the OOM killer ended it.
+    pub oom_killed: bool,
+}
+
+/// Starts `b` and runs it to the end.
+pub fn run_to_end(b: hypercontainer::sandbox::SandboxBuilder) -> Ran {
+    let s = b.start().unwrap_or_else(|e| panic!("start: {e:?}"));
+    let (out, err) = (s.stdout().unwrap(), s.stderr().unwrap());
+    let err = std::thread::spawn(move || read_all(err));
+    let out = read_all(out);
+    let status = s
+        .wait_timeout(WAIT)
+        .unwrap()
+        .expect("the process ends in time");
+    Ran {
+        out,
+        err: err.join().unwrap(),
+        status,
+        oom_killed: s.oom_killed(),
+    }
+}
