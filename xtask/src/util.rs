@@ -123,8 +123,13 @@ pub fn show(cmd: &Command) -> String {
     s
 }
 
-/// Runs a command with inherited stdio; fails on a non-zero exit.
+/// Runs a command with inherited stdin and stderr; fails on a non-zero exit.
+///
+/// The command's stdout goes to our stderr: xtask's own stdout belongs to
+/// what `cargo xtask run` runs (a container's output), never to set-up
+/// steps such as `apt-get`.
 pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.stdout(std::process::Stdio::from(std::io::stderr()));
     let status = status(cmd)?;
     if status.success() {
         Ok(())
