@@ -44,8 +44,10 @@
 //!    accepts nothing else first. A version mismatch ends the connection
 //!    with an [`ErrorKind::Version`] error.
 //! 2. The host sends [`Message::Start`]. The agent builds the root
-//!    filesystem and moves into it ([`BootStage::RootfsReady`]), then starts
-//!    the main process: [`BootStage::ProcessExec`] and [`Message::Started`],
+//!    filesystem and checks the container's spec ([`BootStage::RootfsReady`]),
+//!    then forks the main process into the container's namespaces, where it
+//!    sets up its mounts and confinement and executes:
+//!    [`BootStage::ProcessExec`] and [`Message::Started`],
 //!    or [`Message::Error`] with the process id followed by
 //!    [`Message::Exited`] with [`ErrorKind::exit_status`] (127 for an
 //!    executable not found, 126 when not executable, 125 for a bad user,

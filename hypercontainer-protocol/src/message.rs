@@ -333,7 +333,8 @@ pub struct Interface {
 pub enum BootStage {
     /// The agent's `main` began.
     AgentStart = 0,
-    /// The root filesystem is mounted and the agent moved into it.
+    /// The root filesystem is mounted and the container's spec checked and
+    /// compiled (the main process is forked next).
     RootfsReady = 1,
     /// The main process is about to `execve` (taken in the child, after all
     /// its setup).
