@@ -14,6 +14,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use hypercontainer_protocol::{ErrorKind, Process, RlimitResource};
@@ -467,11 +468,17 @@ fn child(
         }
         _ => ErrorKind::Spawn,
     };
-    child_fail(
-        status,
-        kind,
-        &format!("exec {:?}: {}", plan.argv0, os_msg(&e)),
-    )
+    // runc's wording: a directory is "is a directory" even though
+    // execve(2) says EACCES for it.
+    let why = if e.raw_os_error() == Some(libc::EACCES)
+        && std::fs::metadata(std::ffi::OsStr::from_bytes(program.as_bytes()))
+            .is_ok_and(|m| m.is_dir())
+    {
+        "is a directory".to_string()
+    } else {
+        os_msg(&e)
+    };
+    child_fail(status, kind, &format!("exec: {:?}: {why}", plan.argv0))
 }
 
 /// Starts `p` in a container: `entry` says whether it makes the

@@ -53,7 +53,16 @@ fn missing_executable_is_127() {
 
     // A file that is not executable.
     let o = run_main(process(&["/etc/passwd"]));
-    assert_eq!(o.error(MAIN).unwrap().0, ErrorKind::PermissionDenied);
+    let (kind, msg) = o.error(MAIN).unwrap();
+    assert_eq!(kind, ErrorKind::PermissionDenied);
+    assert_eq!(msg, r#"exec: "/etc/passwd": permission denied"#);
+    assert_eq!(o.status(MAIN), 126);
+
+    // A directory, in runc's words.
+    let o = run_main(process(&["/etc"]));
+    let (kind, msg) = o.error(MAIN).unwrap();
+    assert_eq!(kind, ErrorKind::PermissionDenied);
+    assert_eq!(msg, r#"exec: "/etc": is a directory"#);
     assert_eq!(o.status(MAIN), 126);
 }
 

@@ -133,7 +133,7 @@ fn sigterm_without_a_handler_is_ignored_and_stop_kills() {
 fn start_errors_are_127_and_126() {
     for (cmd, want, words) in [
         ("no-such-program", 127, "executable file not found"),
-        ("/etc", 126, "/etc"),
+        ("/etc", 126, "is a directory"),
     ] {
         match sandbox().cmd([cmd]).start() {
             Err(e @ Error::ProcessStart { .. }) => {
