@@ -144,6 +144,9 @@ pub enum Error {
         state: String,
         /// The last console lines.
         tail: String,
+        /// The jobs that had finished before the lockup, in order: a caller
+        /// may keep them and run only the rest in a fresh emulated host.
+        completed: Vec<JobResult>,
     },
     /// The emulated host stopped before all jobs ran, or gave up.
     #[error("emulated host stopped while {during}: {reason}; last console lines:\n{tail}")]
@@ -974,6 +977,7 @@ impl TestHost {
                         silent,
                         state: emulator_state(child.0.id(), &monitor),
                         tail: tail.join("\n"),
+                        completed: results,
                     });
                 }
             };

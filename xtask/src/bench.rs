@@ -71,26 +71,33 @@ pub fn cmd(args: &[String]) -> Result<()> {
         Mode::Emulated(crate::assets::ensure()?)
     };
     let benches = build(names)?;
-    let mut builder = crate::wholevm::with_test_tools(
-        TestHost::builder()
-            .mode(mode)
-            .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
-            .timeout(Duration::from_secs(90 * 60))
-            .echo(Some("")),
-    )?;
-    // Knobs of the benchmarks (`HYPERCONTAINER_BENCH_*`, `HYPERCONTAINER_*_PAIRS`)
-    // reach them inside the emulated host too.
-    for (k, v) in std::env::vars() {
-        if k.starts_with("HYPERCONTAINER_BENCH_")
-            || (k.starts_with("HYPERCONTAINER_") && k.ends_with("_PAIRS"))
-        {
-            builder = builder.env(k, v);
+    let jobs: Vec<Job> = benches
+        .iter()
+        .map(|(name, exe)| Job::new(name, exe).arg("--bench").args(bench_args))
+        .collect();
+    // A benchmark whose emulated host locks up runs again in a fresh one.
+    let report = crate::wholevm::resuming(&jobs, |rest| {
+        let mut builder = crate::wholevm::with_test_tools(
+            TestHost::builder()
+                .mode(mode.clone())
+                .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
+                .timeout(Duration::from_secs(90 * 60))
+                .echo(Some("")),
+        )?;
+        // Knobs of the benchmarks (`HYPERCONTAINER_BENCH_*`,
+        // `HYPERCONTAINER_*_PAIRS`) reach them inside the emulated host too.
+        for (k, v) in std::env::vars() {
+            if k.starts_with("HYPERCONTAINER_BENCH_")
+                || (k.starts_with("HYPERCONTAINER_") && k.ends_with("_PAIRS"))
+            {
+                builder = builder.env(k, v);
+            }
         }
-    }
-    for (name, exe) in &benches {
-        builder = builder.job(Job::new(name, exe).arg("--bench").args(bench_args));
-    }
-    let report = builder.build()?.run()?;
+        for j in rest {
+            builder = builder.job(j.clone());
+        }
+        Ok(builder.build()?.run()?)
+    })?;
     if let Some(b) = report.host_boot {
         eprintln!("(emulated KVM host booted in {:.1}s)", b.as_secs_f64());
     }

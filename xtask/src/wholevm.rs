@@ -132,29 +132,107 @@ fn tool(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Runs the given test binaries' ignored tests through the test host.
+/// Runs the given test binaries' ignored tests through the test host
+/// ([`resuming`] over lockups of the emulated host).
+pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
+    let jobs: Vec<Job> = binaries
+        .iter()
+        .map(|b| {
+            Job::new(&b.name, &b.executable)
+                .args(["--ignored", "--test-threads=1", "--show-output"])
+                .timeout(JOB_TIMEOUT)
+        })
+        .collect();
+    resuming(&jobs, |rest| {
+        let mut builder = with_test_tools(
+            TestHost::builder()
+                .mode(mode.clone())
+                .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
+                .env("RUST_BACKTRACE", "1")
+                .timeout(Duration::from_secs(40 * 60))
+                .cpus(testhost_cpus())
+                .echo(Some("  vm| ")),
+        )?;
+        for j in rest {
+            builder = builder.job(j.clone());
+        }
+        Ok(builder.build()?.run()?)
+    })
+}
+
+/// Runs `jobs` with `run_some` (which runs the jobs it is given in one
+/// test host), surviving lockups of the emulated host.
 ///
 /// When the emulated host itself locks up (its heartbeat stops: an
-/// emulator failure, not a test's hang, which its job timeout catches while
-/// the heartbeat goes on), the run is repeated in a fresh emulated host, up
-/// to [`LOCKUP_RETRIES`] times, saying so.
-pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
-    let mut tries = 0;
+/// emulator failure, not a job's hang, which its timeout catches while the
+/// heartbeat goes on), the jobs that had finished keep their results and
+/// the rest run again in a fresh emulated host, starting with the one that
+/// was running, saying so. A job that locks up the host
+/// [`LOCKUP_RETRIES`] + 1 times fails the run with its name.
+pub fn resuming(
+    jobs: &[Job],
+    mut run_some: impl FnMut(&[Job]) -> Result<Report>,
+) -> Result<Report> {
+    let mut done: Vec<hypercontainer_testhost::JobResult> = Vec::new();
+    let mut lockups_of: std::collections::HashMap<String, u32> = Default::default();
+    let started = std::time::Instant::now();
     loop {
-        match run_once(mode.clone(), kernel, binaries) {
-            Err(e) if is_host_lockup(&e) && tries < LOCKUP_RETRIES => {
-                tries += 1;
+        let rest = &jobs[done.len()..];
+        match run_some(rest) {
+            Err(crate::util::Error::TestHost(
+                hypercontainer_testhost::Error::HostUnresponsive {
+                    during,
+                    silent,
+                    state,
+                    tail,
+                    completed,
+                },
+            )) => {
+                let stuck = rest
+                    .get(completed.len())
+                    .map(|j| j.name().to_string())
+                    .unwrap_or_default();
+                done.extend(completed);
+                let n = lockups_of.entry(stuck.clone()).or_default();
+                *n += 1;
+                let err = crate::util::Error::TestHost(
+                    hypercontainer_testhost::Error::HostUnresponsive {
+                        during,
+                        silent,
+                        state,
+                        tail,
+                        completed: Vec::new(),
+                    },
+                );
+                if *n > LOCKUP_RETRIES {
+                    return crate::util::fail(format!(
+                        "{stuck} locked up the emulated host {n} times; the last time: {}",
+                        crate::util::report(&err)
+                    ));
+                }
                 eprintln!(
-                    "warning: {}\nwarning: running the whole-VM tests again in a fresh emulated host ({tries} of {LOCKUP_RETRIES})",
-                    crate::util::report(&e)
+                    "warning: {}\nwarning: the emulated host locked up during {stuck} ({n} of {} \
+                     allowed); keeping the {} finished jobs and running the other {} in a fresh \
+                     emulated host",
+                    crate::util::report(&err),
+                    LOCKUP_RETRIES,
+                    done.len(),
+                    jobs.len() - done.len(),
                 );
             }
-            other => return other,
+            Err(e) => return Err(e),
+            Ok(mut rep) => {
+                done.append(&mut rep.jobs);
+                rep.jobs = done;
+                rep.total = started.elapsed();
+                return Ok(rep);
+            }
         }
     }
 }
 
-/// How many times a run whose emulated host locked up is repeated.
+/// How many times one job may lock up the emulated host before
+/// the run fails.
 const LOCKUP_RETRIES: u32 = 2;
 
 /// CPUs of the emulated host: `HYPERCONTAINER_TESTHOST_CPUS`, else 1.
@@ -164,33 +242,6 @@ fn testhost_cpus() -> u32 {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(1)
-}
-
-fn is_host_lockup(e: &crate::util::Error) -> bool {
-    matches!(
-        e,
-        crate::util::Error::TestHost(hypercontainer_testhost::Error::HostUnresponsive { .. })
-    )
-}
-
-fn run_once(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
-    let mut builder = with_test_tools(
-        TestHost::builder()
-            .mode(mode)
-            .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
-            .env("RUST_BACKTRACE", "1")
-            .timeout(Duration::from_secs(40 * 60))
-            .cpus(testhost_cpus())
-            .echo(Some("  vm| ")),
-    )?;
-    for b in binaries {
-        builder = builder.job(
-            Job::new(&b.name, &b.executable)
-                .args(["--ignored", "--test-threads=1", "--show-output"])
-                .timeout(JOB_TIMEOUT),
-        );
-    }
-    Ok(builder.build()?.run()?)
 }
 
 /// Adds what whole-VM tests and benchmarks use besides the guest kernel:
@@ -238,6 +289,78 @@ mod tests {
                 name: "hypercontainer/whole_vm_smoke".into(),
                 executable: "/t/debug/deps/whole_vm_smoke-1".into()
             }]
+        );
+    }
+
+    fn result(name: &str) -> hypercontainer_testhost::JobResult {
+        hypercontainer_testhost::JobResult {
+            name: name.into(),
+            exit_code: 0,
+            output: String::new(),
+            duration: Duration::ZERO,
+            timed_out: false,
+        }
+    }
+
+    fn lockup(completed: Vec<hypercontainer_testhost::JobResult>) -> crate::util::Error {
+        crate::util::Error::TestHost(hypercontainer_testhost::Error::HostUnresponsive {
+            during: "job".into(),
+            silent: Duration::from_secs(60),
+            state: String::new(),
+            tail: String::new(),
+            completed,
+        })
+    }
+
+    fn report(jobs: Vec<hypercontainer_testhost::JobResult>) -> Report {
+        Report {
+            mode: "emulated",
+            host_boot: None,
+            kvm_setup: None,
+            initramfs_bytes: None,
+            jobs,
+            total: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_lockup_keeps_finished_jobs_and_runs_the_rest_in_a_fresh_host() {
+        let jobs = [
+            Job::new("a", "/a"),
+            Job::new("b", "/b"),
+            Job::new("c", "/c"),
+        ];
+        let mut calls: Vec<Vec<String>> = Vec::new();
+        let rep = resuming(&jobs, |rest| {
+            calls.push(rest.iter().map(|j| j.name().to_string()).collect());
+            match calls.len() {
+                1 => Err(lockup(vec![result("a")])),
+                _ => Ok(report(rest.iter().map(|j| result(j.name())).collect())),
+            }
+        })
+        .unwrap();
+        assert_eq!(calls, [vec!["a", "b", "c"], vec!["b", "c"]]);
+        let names: Vec<&str> = rep.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_job_that_keeps_locking_up_the_host_fails_with_its_name() {
+        let jobs = [Job::new("a", "/a"), Job::new("b", "/b")];
+        let mut calls = 0;
+        let err = resuming(&jobs, |rest| {
+            calls += 1;
+            match rest.len() {
+                2 => Err(lockup(vec![result("a")])),
+                _ => Err(lockup(Vec::new())),
+            }
+        })
+        .unwrap_err();
+        assert_eq!(calls, LOCKUP_RETRIES as usize + 1);
+        let text = crate::util::report(&err);
+        assert!(
+            text.contains("b locked up the emulated host 3 times"),
+            "{text}"
         );
     }
 }
