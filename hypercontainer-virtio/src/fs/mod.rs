@@ -88,6 +88,8 @@ pub mod filesystem;
 pub mod fuse;
 pub mod passthrough;
 pub mod server;
+#[cfg(test)]
+mod test_client;
 
 use std::path::PathBuf;
 use std::time::Duration;
