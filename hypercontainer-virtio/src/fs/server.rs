@@ -1,6 +1,6 @@
 //! The FUSE server: decode a request, validate it, call the
 //! [`FileSystem`], and encode the reply, with every failure mapped to an
-//! errno in one place ([`RequestError::errno`]).
+//! errno in one place (`RequestError::errno`).
 //!
 //! The session is a small state machine kept as a table
 //! ([`PHASE_TRANSITIONS`]): nothing but `INIT` is served before the
