@@ -184,6 +184,38 @@ fn requests_and_replies_may_be_split_across_descriptors() {
 }
 
 #[test]
+fn a_request_in_an_indirect_table_is_served() {
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    let mut f = Fixture::new();
+    f.activate();
+    let req = init_request(1);
+    f.mem.write_slice(&req, GuestAddress(REQ)).unwrap();
+    let table = 0x3_0000u64;
+    let raw = |addr: u64, len: u32, flags: u32, next: u16| {
+        let mut d = addr.to_le_bytes().to_vec();
+        d.extend(len.to_le_bytes());
+        d.extend((flags as u16).to_le_bytes());
+        d.extend(next.to_le_bytes());
+        d
+    };
+    let mut t = raw(REQ, req.len() as u32, VRING_DESC_F_NEXT, 1);
+    t.extend(raw(REP, 4096, VRING_DESC_F_WRITE, 0));
+    f.mem.write_slice(&t, GuestAddress(table)).unwrap();
+    let q = &f.queues[REQUEST_QUEUE];
+    q.store_desc(
+        0,
+        virtio_queue::desc::split::Descriptor::new(table, 32, VRING_DESC_F_INDIRECT as u16, 0),
+    );
+    q.push_avail(0);
+    f.fs.process_queue(REQUEST_QUEUE);
+    let (_, len) = used_entry(&f.queues[REQUEST_QUEUE], 0).unwrap();
+    assert_eq!(f.reply(len).0, 0);
+    assert_ne!(f.fs.features() & INDIRECT_DESC, 0);
+}
+
+#[test]
 fn an_oversize_request_is_answered_e2big_unread() {
     let mut f = Fixture::new();
     f.activate();

@@ -182,7 +182,7 @@ impl PassthroughFs {
                 break;
             }
             let mut pos = 0;
-            while let Some((ino, off, typ, name, reclen)) = parse_dirent(&buf[pos..n]) {
+            while let Some((ino, off, typ, name, reclen)) = buf.get(pos..n).and_then(parse_dirent) {
                 pos += reclen.max(1);
                 if !sink.fits(name.len()) {
                     break 'fill;
