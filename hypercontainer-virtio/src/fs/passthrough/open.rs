@@ -110,6 +110,12 @@ pub fn writes(flags: u32) -> bool {
 /// `flags` (plus `extra`, e.g. `O_CREAT | O_EXCL`), checking that it is a
 /// regular file and, when `expect` is given, that it is that
 /// `(st_dev, st_ino)`.
+///
+/// The open itself is non-blocking and never truncates: a FIFO swapped in
+/// for the file cannot stall the device thread, and nothing is truncated
+/// before it is known to be the right file. `O_TRUNC` is applied with
+/// `ftruncate` after the checks, and `O_NONBLOCK` dropped again unless
+/// the guest asked for it.
 pub fn open_file(
     parent: BorrowedFd<'_>,
     name: &CStr,
@@ -117,28 +123,40 @@ pub fn open_file(
     mode: u32,
     expect: Option<(u64, u64)>,
 ) -> FsResult<std::fs::File> {
-    let fd = sys::openat2(
-        parent,
-        name,
-        flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY,
-        mode,
-        RESOLVE,
-    )
-    .map_err(|e| match e.raw_os_error() {
-        // O_NOFOLLOW on a symlink: the name no longer holds the file.
-        Some(libc::ELOOP) => Errno(libc::ESTALE),
-        _ => Errno::from(e),
+    let open_flags = (flags & !libc::O_TRUNC)
+        | libc::O_NONBLOCK
+        | libc::O_NOFOLLOW
+        | libc::O_CLOEXEC
+        | libc::O_NOCTTY;
+    let fd = sys::openat2(parent, name, open_flags, mode, RESOLVE).map_err(|e| {
+        match e.raw_os_error() {
+            // O_NOFOLLOW on a symlink (ELOOP) or a FIFO without a reader
+            // (ENXIO): the name no longer holds the file.
+            Some(libc::ELOOP) | Some(libc::ENXIO) if expect.is_some() => Errno(libc::ESTALE),
+            _ => Errno::from(e),
+        }
     })?;
     let st = sys::stat_fd(fd.as_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Errno(libc::ESTALE));
+        return Err(Errno(if expect.is_some() {
+            libc::ESTALE
+        } else {
+            libc::EACCES
+        }));
     }
     if let Some(key) = expect {
         if (st.st_dev, st.st_ino) != key {
             return Err(Errno(libc::ESTALE));
         }
     }
-    Ok(std::fs::File::from(fd))
+    if flags & libc::O_NONBLOCK == 0 {
+        sys::clear_nonblock(fd.as_fd())?;
+    }
+    let file = std::fs::File::from(fd);
+    if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        file.set_len(0)?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

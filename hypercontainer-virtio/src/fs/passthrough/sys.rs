@@ -297,6 +297,14 @@ pub fn ofd_lock(fd: BorrowedFd<'_>, cmd: libc::c_int, lock: &mut libc::flock64) 
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock64) }).map(drop)
 }
 
+/// Clear `O_NONBLOCK` from the status flags of `fd`.
+pub fn clear_nonblock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no argument and shares no memory.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: F_SETFL takes an integer argument and shares no memory.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) }).map(drop)
+}
+
 /// `fstatvfs` of the filesystem holding `fd`.
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
     let mut st = MaybeUninit::<libc::statvfs64>::zeroed();

@@ -350,3 +350,46 @@ fn the_fd_cap_answers_emfile_until_fds_are_given_back() {
     assert!(c.lookup(ROOT_ID, "c").is_ok());
     assert_eq!(c.server.filesystem().open_fds(), 4);
 }
+
+#[test]
+fn a_file_swapped_after_lookup_is_not_opened() {
+    let s = Share::new();
+    fs::write(s.path("f"), b"inside").unwrap();
+    fs::write(s.path("g"), b"other").unwrap();
+    let before = snapshot(&s.outside);
+    let mut c = s.client();
+    let f = c.lookup(ROOT_ID, "f").unwrap();
+    // Swapped for a link to the canary: the open refuses to follow it.
+    fs::remove_file(s.path("f")).unwrap();
+    std::os::unix::fs::symlink(s.outside.join("canary"), s.path("f")).unwrap();
+    let trunc = libc::O_RDWR | libc::O_TRUNC;
+    assert_eq!(c.open(f.nodeid, trunc).unwrap_err(), libc::ESTALE);
+    let truncate = SetattrIn {
+        valid: fuse::fattr::SIZE,
+        ..Default::default()
+    };
+    assert_eq!(c.setattr(f.nodeid, truncate).unwrap_err(), libc::ESTALE);
+    // Swapped for another file of the share: not the same inode either.
+    fs::remove_file(s.path("f")).unwrap();
+    fs::rename(s.path("g"), s.path("f")).unwrap();
+    assert_eq!(c.open(f.nodeid, trunc).unwrap_err(), libc::ESTALE);
+    assert_eq!(fs::read(s.path("f")).unwrap(), b"other");
+    assert_eq!(snapshot(&s.outside), before);
+}
+
+#[test]
+fn a_fifo_renamed_over_a_looked_up_file_does_not_block_the_open() {
+    let s = Share::new();
+    fs::write(s.path("f"), b"inside").unwrap();
+    let mut c = s.client();
+    let f = c.lookup(ROOT_ID, "f").unwrap();
+    c.mknod(ROOT_ID, "p", libc::S_IFIFO | 0o666, 0).unwrap();
+    c.rename(ROOT_ID, "p", ROOT_ID, "f", 0).unwrap();
+    // Without a reader, a blocking open for writing would never return.
+    assert_eq!(c.open(f.nodeid, libc::O_WRONLY).unwrap_err(), libc::ESTALE);
+    assert_eq!(c.open(f.nodeid, libc::O_RDONLY).unwrap_err(), libc::ESTALE);
+    assert_eq!(
+        c.create(ROOT_ID, "f", 0o644, libc::O_WRONLY).unwrap_err(),
+        libc::ENXIO
+    );
+}
