@@ -27,6 +27,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// Socket device (vsock).
     pub const VSOCK: u32 = 19;
+    /// Shared directory (virtio-fs).
+    pub const FS: u32 = 26;
 }
 
 /// Errors of this module.

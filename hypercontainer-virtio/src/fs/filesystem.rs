@@ -1,0 +1,488 @@
+//! The interface between the FUSE server and a filesystem.
+//!
+//! The server ([`super::server::Server`]) decodes requests and calls one
+//! [`FileSystem`] method per operation with typed, already bounds-checked
+//! arguments; the method answers a value or an [`Errno`]. Every method has
+//! a default answering `ENOSYS`, so wrappers and test filesystems only
+//! write what they support. Node ids and handles are the filesystem's own
+//! numbers; the server passes them through unchanged.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use super::fuse::{self, Attr, Wire};
+
+/// An errno to answer a request with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The errno of the last failed system call.
+    pub fn last() -> Self {
+        Self::from(std::io::Error::last_os_error())
+    }
+}
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "errno {}", self.0)
+    }
+}
+
+/// What every operation answers.
+pub type FsResult<T> = std::result::Result<T, Errno>;
+
+/// Who asks: the guest caller's ids (as the guest sees them) and pid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    /// fsuid in the guest.
+    pub uid: u32,
+    /// fsgid in the guest.
+    pub gid: u32,
+    /// pid in the guest.
+    pub pid: u32,
+}
+
+/// A directory entry made known to the guest: it counts as one lookup of
+/// `nodeid` until forgotten.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The node id.
+    pub nodeid: u64,
+    /// Attributes (ids as the guest sees them).
+    pub attr: Attr,
+    /// How long the guest may cache the name.
+    pub entry_timeout: Duration,
+    /// How long the guest may cache the attributes.
+    pub attr_timeout: Duration,
+}
+
+impl Entry {
+    /// The wire form.
+    pub fn to_wire(&self) -> fuse::EntryOut {
+        fuse::EntryOut {
+            nodeid: self.nodeid,
+            generation: 0,
+            entry_valid: self.entry_timeout.as_secs(),
+            attr_valid: self.attr_timeout.as_secs(),
+            entry_valid_nsec: self.entry_timeout.subsec_nanos(),
+            attr_valid_nsec: self.attr_timeout.subsec_nanos(),
+            attr: self.attr,
+        }
+    }
+}
+
+/// A time to set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// The current time.
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, u32),
+}
+
+/// The changes of a setattr request; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits (the file type bits are ignored).
+    pub mode: Option<u32>,
+    /// New owner (guest id).
+    pub uid: Option<u32>,
+    /// New group (guest id).
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// The open handle the change comes through, if any.
+    pub fh: Option<u64>,
+    /// The kernel asks to clear setuid and setgid.
+    pub kill_suidgid: bool,
+}
+
+impl SetAttr {
+    /// Whether the request changes anything at all.
+    pub fn changes_anything(&self) -> bool {
+        self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || self.size.is_some()
+            || self.atime.is_some()
+            || self.mtime.is_some()
+    }
+}
+
+/// The answer to getxattr and listxattr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    /// The size of the value or list (asked with a zero buffer size).
+    Size(u32),
+    /// The value or the NUL-separated list.
+    Data(Vec<u8>),
+}
+
+/// A POSIX byte-range lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lock {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive (`i64::MAX as u64` or more: to end of file).
+    pub end: u64,
+    /// `F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
+    pub typ: u32,
+    /// Holder's pid (0 when unknown).
+    pub pid: u32,
+}
+
+/// One directory entry for a readdir reply.
+#[derive(Clone, Copy, Debug)]
+pub struct DirEntry<'a> {
+    /// Inode number.
+    pub ino: u64,
+    /// Offset to continue reading after this entry.
+    pub offset: u64,
+    /// `DT_*` type.
+    pub typ: u32,
+    /// The name.
+    pub name: &'a [u8],
+}
+
+/// The reply buffer of readdir and readdirplus; it never grows past the
+/// size the guest asked for.
+#[derive(Debug)]
+pub struct DirSink {
+    buf: Vec<u8>,
+    limit: usize,
+    plus: bool,
+}
+
+impl DirSink {
+    /// A sink of at most `limit` bytes (`plus`: readdirplus entries).
+    pub fn new(limit: usize, plus: bool) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+            plus,
+        }
+    }
+
+    /// Whether entries carry attributes (readdirplus).
+    pub fn plus(&self) -> bool {
+        self.plus
+    }
+
+    /// Whether an entry with a name of `namelen` bytes still fits. A
+    /// readdirplus filesystem checks this before it looks the entry up,
+    /// so that no lookup count is taken for an entry that is not sent.
+    pub fn fits(&self, namelen: usize) -> bool {
+        self.buf.len() + fuse::dirent_size(namelen, self.plus) <= self.limit
+    }
+
+    /// Append an entry; `entry` is required for readdirplus (a zeroed entry,
+    /// which the guest does not count, is sent for `.` and `..`). Returns
+    /// false, appending nothing, when it does not fit.
+    pub fn push(&mut self, d: &DirEntry<'_>, entry: Option<&Entry>) -> bool {
+        if !self.fits(d.name.len()) {
+            return false;
+        }
+        let start = self.buf.len();
+        if self.plus {
+            let e = entry.map(Entry::to_wire).unwrap_or_default();
+            e.put(&mut self.buf);
+        }
+        fuse::Dirent {
+            ino: d.ino,
+            off: d.offset,
+            namelen: d.name.len() as u32,
+            typ: d.typ,
+        }
+        .put(&mut self.buf);
+        self.buf.extend_from_slice(d.name);
+        let padded = start + fuse::dirent_size(d.name.len(), self.plus);
+        self.buf.resize(padded, 0);
+        true
+    }
+
+    /// The encoded entries.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Statistics of the filesystem (`statfs`).
+pub type Statfs = fuse::StatfsOut;
+
+/// A filesystem served over FUSE. Implementations must not panic on any
+/// argument: all of them come from the guest.
+#[allow(unused_variables)]
+pub trait FileSystem: Send {
+    /// The session starts (after `INIT`).
+    fn init(&mut self) -> FsResult<()> {
+        Ok(())
+    }
+    /// The session ends (`DESTROY`): drop every node but the root and every handle.
+    fn destroy(&mut self) {}
+    /// Look `name` up in `parent`.
+    fn lookup(&mut self, ctx: Context, parent: u64, name: &CStr) -> FsResult<Entry> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Drop `count` lookups of `nodeid`.
+    fn forget(&mut self, nodeid: u64, count: u64) {}
+    /// Attributes of `nodeid`, read through `fh` when given.
+    fn getattr(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: Option<u64>,
+    ) -> FsResult<(Attr, Duration)> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Change attributes.
+    fn setattr(&mut self, ctx: Context, nodeid: u64, attr: SetAttr) -> FsResult<(Attr, Duration)> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// The target of a symlink.
+    fn readlink(&mut self, ctx: Context, nodeid: u64) -> FsResult<Vec<u8>> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Create a symlink `name` in `parent` pointing at `target`.
+    fn symlink(
+        &mut self,
+        ctx: Context,
+        target: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> FsResult<Entry> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Create a node that is not a directory or a symlink.
+    fn mknod(
+        &mut self,
+        ctx: Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Entry> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Create a directory.
+    fn mkdir(&mut self, ctx: Context, parent: u64, name: &CStr, mode: u32) -> FsResult<Entry> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Remove a non-directory.
+    fn unlink(&mut self, ctx: Context, parent: u64, name: &CStr) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Remove an empty directory.
+    fn rmdir(&mut self, ctx: Context, parent: u64, name: &CStr) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Rename (`flags`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`, `RENAME_WHITEOUT`).
+    fn rename(
+        &mut self,
+        ctx: Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Make a hard link to `nodeid` as `newname` in `newparent`.
+    fn link(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        newparent: u64,
+        newname: &CStr,
+    ) -> FsResult<Entry> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Open a regular file; answers the handle and `FOPEN_*` flags.
+    fn open(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        flags: u32,
+        kill_suidgid: bool,
+    ) -> FsResult<(u64, u32)> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Create and open a regular file.
+    fn create(
+        &mut self,
+        ctx: Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        flags: u32,
+    ) -> FsResult<(Entry, u64, u32)> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Read up to `size` bytes at `offset`.
+    fn read(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Write `data` at `offset`; answers the bytes written.
+    fn write(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> FsResult<u32> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// `close(2)` of one descriptor of the handle.
+    fn flush(&mut self, ctx: Context, nodeid: u64, fh: u64, lock_owner: u64) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// The last reference to the handle is gone.
+    fn release(&mut self, ctx: Context, nodeid: u64, fh: u64) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Flush file data (and metadata unless `datasync`).
+    fn fsync(&mut self, ctx: Context, nodeid: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Open a directory.
+    fn opendir(&mut self, ctx: Context, nodeid: u64, flags: u32) -> FsResult<(u64, u32)> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Fill `sink` with entries from `offset` on.
+    fn readdir(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        sink: &mut DirSink,
+    ) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Close a directory handle.
+    fn releasedir(&mut self, ctx: Context, nodeid: u64, fh: u64) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Flush a directory.
+    fn fsyncdir(&mut self, ctx: Context, nodeid: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Filesystem statistics.
+    fn statfs(&mut self, ctx: Context, nodeid: u64) -> FsResult<Statfs> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Set an extended attribute.
+    fn setxattr(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Read an extended attribute (`size` 0: its size).
+    fn getxattr(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        name: &CStr,
+        size: u32,
+    ) -> FsResult<XattrReply> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// List extended attributes (`size` 0: the list's size).
+    fn listxattr(&mut self, ctx: Context, nodeid: u64, size: u32) -> FsResult<XattrReply> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Remove an extended attribute.
+    fn removexattr(&mut self, ctx: Context, nodeid: u64, name: &CStr) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Check access (`mask`: `R_OK | W_OK | X_OK`, or `F_OK`).
+    fn access(&mut self, ctx: Context, nodeid: u64, mask: u32) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Allocate or punch file space.
+    fn fallocate(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// `SEEK_DATA` / `SEEK_HOLE`.
+    fn lseek(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        whence: u32,
+    ) -> FsResult<u64> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Copy a byte range between two open files.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file_range(
+        &mut self,
+        ctx: Context,
+        nodeid_in: u64,
+        fh_in: u64,
+        off_in: u64,
+        nodeid_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<u32> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Test for a conflicting lock.
+    fn getlk(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        owner: u64,
+        lock: Lock,
+    ) -> FsResult<Lock> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Take or release a lock (`wait`: `SETLKW`).
+    fn setlk(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        owner: u64,
+        lock: Lock,
+        wait: bool,
+    ) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
+}
