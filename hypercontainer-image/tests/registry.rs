@@ -493,8 +493,7 @@ fn a_partial_download_left_by_a_failed_pull_is_resumed_by_the_next() {
     let seen = proxy.take_seen();
     let last = seen
         .iter()
-        .filter(|s| s.path.ends_with(&format!("/blobs/{}", big.0)))
-        .last()
+        .rfind(|s| s.path.ends_with(&format!("/blobs/{}", big.0)))
         .unwrap();
     assert_eq!(last.range.as_deref(), Some("bytes=100000-"));
 }

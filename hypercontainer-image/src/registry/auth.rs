@@ -382,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("auth.json");
         std::fs::write(&f, r#"{"auths":{"r.example":{"auth":"%%%"}}}"#).unwrap();
-        let e = lookup(&[f.clone()], "r.example", "a").unwrap_err();
+        let e = lookup(std::slice::from_ref(&f), "r.example", "a").unwrap_err();
         assert!(
             matches!(e, RegistryError::AuthFile { ref path, .. } if *path == f),
             "{e}"

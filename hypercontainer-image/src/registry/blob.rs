@@ -23,8 +23,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use super::transport::Transport;
-use super::{LayerProgress, LayerState, RegistryError, Result};
+use super::{lock, ClientOptions, LayerProgress, LayerState, PullTarget, RegistryError, Result};
 use crate::digest::{Digest, DigestError, Hasher};
 use crate::sys;
 
@@ -296,6 +299,107 @@ fn range_start(v: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// One layer to fetch: manifest index, blob digest, size, diff_id.
+pub(crate) type Job = (usize, Digest, u64, Digest);
+
+/// Fetches `todo` with at most `opts.jobs` threads, linking each blob into
+/// `blobs`; returns the digests that were downloaded or shared (not those
+/// the store already had). The first error stops the other threads after
+/// their current blob.
+pub(crate) fn fetch_parallel(
+    downloads: &Downloads,
+    t: &Transport,
+    todo: &[Job],
+    blobs: &Path,
+    target: &PullTarget<'_>,
+    opts: &ClientOptions,
+) -> Result<Vec<Digest>> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let fetched: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
+    let report = |p: &LayerProgress| {
+        if let Some(f) = &opts.progress {
+            f(p)
+        }
+    };
+    let worker = || loop {
+        if lock(&failed).is_some() {
+            return;
+        }
+        let Some((index, digest, size, diff_id)) = todo.get(next.fetch_add(1, Ordering::Relaxed))
+        else {
+            return;
+        };
+        let mut p = LayerProgress::new(*index, digest, *size);
+        report(&p);
+        let link = blobs.join(digest.hex());
+        let not_needed = || (target.have_layer)(diff_id);
+        let w = Wanted {
+            digest,
+            size: *size,
+            not_needed: &not_needed,
+            link_to: &link,
+            retries: opts.retries,
+        };
+        let on_progress = |state: LayerState, done: u64| {
+            let p = LayerProgress {
+                done,
+                state,
+                ..LayerProgress::new(*index, digest, *size)
+            };
+            report(&p);
+        };
+        match downloads.fetch(t, &w, &on_progress) {
+            Ok(state) => {
+                if state != LayerState::Cached {
+                    lock(&fetched).push(digest.clone());
+                    p.done = *size;
+                }
+                p.state = state;
+                report(&p);
+            }
+            Err(e) => {
+                lock(&failed).get_or_insert(e);
+                return;
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        let n = opts.jobs.min(todo.len()).max(1);
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                std::thread::Builder::new()
+                    .name(format!("pull-{i}"))
+                    .spawn_scoped(s, worker)
+            })
+            .collect();
+        for h in handles {
+            match h {
+                Ok(h) => {
+                    if h.join().is_err() {
+                        lock(&failed).get_or_insert(RegistryError::Io {
+                            op: "downloading (a download thread panicked)",
+                            path: target.downloads.to_owned(),
+                            source: std::io::Error::other("panic"),
+                        });
+                    }
+                }
+                // Could not spawn: the threads that did run finish the list.
+                Err(e) => log::warn!("cannot start a download thread: {e}"),
+            }
+        }
+    });
+    // If no thread could start, do the work here.
+    if next.load(Ordering::Relaxed) < todo.len() && lock(&failed).is_none() {
+        worker();
+    }
+    if let Some(e) = lock(&failed).take() {
+        return Err(e);
+    }
+    let out = std::mem::take(&mut *lock(&fetched));
+    Ok(out)
 }
 
 impl LayerProgress {

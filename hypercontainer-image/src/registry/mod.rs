@@ -46,7 +46,6 @@ mod transport;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ pub use reference::{Reference, ReferenceError};
 use crate::digest::{Digest, DigestError};
 use crate::limits::Limits;
 use crate::manifest::{self, ManifestError, Platform};
-use blob::{Downloads, Wanted};
+use blob::Downloads;
 use transport::{Endpoint, Transport};
 
 /// Errors from talking to a registry.
@@ -644,7 +643,7 @@ impl Client {
         blobs: &Path,
         target: &PullTarget<'_>,
     ) -> Result<Vec<Digest>> {
-        let mut todo: Vec<(usize, Digest, u64, Digest)> = Vec::new();
+        let mut todo: Vec<blob::Job> = Vec::new();
         let mut seen = HashSet::new();
         for (i, (d, diff_id)) in m.layers().iter().zip(diff_ids).enumerate() {
             if d.urls().as_ref().is_some_and(|u| !u.is_empty()) {
@@ -664,92 +663,14 @@ impl Client {
                 todo.push((i, digest, d.size(), diff_id.clone()));
             }
         }
-        let downloads = Downloads::open(target.downloads)?;
-        let next = AtomicUsize::new(0);
-        let failed: Mutex<Option<RegistryError>> = Mutex::new(None);
-        let fetched: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
-        let report = |p: &LayerProgress| {
-            if let Some(f) = &self.opts.progress {
-                f(p)
-            }
-        };
-        let worker = || loop {
-            if lock(&failed).is_some() {
-                return;
-            }
-            let Some((index, digest, size, diff_id)) =
-                todo.get(next.fetch_add(1, Ordering::Relaxed))
-            else {
-                return;
-            };
-            let mut p = LayerProgress::new(*index, digest, *size);
-            report(&p);
-            let link = blobs.join(digest.hex());
-            let not_needed = || (target.have_layer)(diff_id);
-            let w = Wanted {
-                digest,
-                size: *size,
-                not_needed: &not_needed,
-                link_to: &link,
-                retries: self.opts.retries,
-            };
-            let on_progress = |state: LayerState, done: u64| {
-                let p = LayerProgress {
-                    done,
-                    state,
-                    ..LayerProgress::new(*index, digest, *size)
-                };
-                report(&p);
-            };
-            match downloads.fetch(t, &w, &on_progress) {
-                Ok(state) => {
-                    if state != LayerState::Cached {
-                        lock(&fetched).push(digest.clone());
-                        p.done = *size;
-                    }
-                    p.state = state;
-                    report(&p);
-                }
-                Err(e) => {
-                    lock(&failed).get_or_insert(e);
-                    return;
-                }
-            }
-        };
-        std::thread::scope(|s| {
-            let n = self.opts.jobs.min(todo.len()).max(1);
-            let handles: Vec<_> = (0..n)
-                .map(|i| {
-                    std::thread::Builder::new()
-                        .name(format!("pull-{i}"))
-                        .spawn_scoped(s, worker)
-                })
-                .collect();
-            for h in handles {
-                match h {
-                    Ok(h) => {
-                        if h.join().is_err() {
-                            lock(&failed).get_or_insert(RegistryError::Io {
-                                op: "downloading (a download thread panicked)",
-                                path: target.downloads.to_owned(),
-                                source: std::io::Error::other("panic"),
-                            });
-                        }
-                    }
-                    // Could not spawn: the threads that did run finish the list.
-                    Err(e) => log::warn!("cannot start a download thread: {e}"),
-                }
-            }
-        });
-        // If no thread could start, do the work here.
-        if next.load(Ordering::Relaxed) < todo.len() && lock(&failed).is_none() {
-            worker();
-        }
-        if let Some(e) = lock(&failed).take() {
-            return Err(e);
-        }
-        let out = std::mem::take(&mut *lock(&fetched));
-        Ok(out)
+        blob::fetch_parallel(
+            &Downloads::open(target.downloads)?,
+            t,
+            &todo,
+            blobs,
+            target,
+            &self.opts,
+        )
     }
 }
 

@@ -149,6 +149,8 @@ impl Transport {
     /// GETs `/v2/<repository>/<path>` with `headers`; a `401` is answered
     /// once by authenticating from its challenge. `what` names the object
     /// for errors.
+    // ureq's error is large; it never leaves this function.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn get(
         &self,
         path: &str,

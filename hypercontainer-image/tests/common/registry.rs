@@ -318,13 +318,10 @@ fn handle(
             client.write_all(&head_buf[..end + 4])?;
             in_body = true;
             let big = |min: u64| body_len.is_some_and(|l| l > min);
-            match &mode {
-                Mode::CutOnce { after } if is_blob && big(*after) => {
-                    if !cut_done.swap(true, Ordering::SeqCst) {
-                        cut_at = Some(*after);
-                    }
+            if let Mode::CutOnce { after } = &mode {
+                if is_blob && big(*after) && !cut_done.swap(true, Ordering::SeqCst) {
+                    cut_at = Some(*after);
                 }
-                _ => {}
             }
             chunk = body_start;
         }
