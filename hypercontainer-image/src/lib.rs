@@ -69,6 +69,7 @@ pub mod erofs;
 pub mod limits;
 pub mod manifest;
 pub mod process;
+pub mod registry;
 pub mod source;
 pub mod store;
 mod sys;
@@ -81,6 +82,10 @@ pub use erofs::{ErofsBuilder, ErofsError};
 pub use limits::Limits;
 pub use manifest::{ManifestError, Platform};
 pub use process::{ProcessDefaults, ProcessError, ProcessOverrides, UserSpec};
+pub use registry::{
+    Client, ClientOptions, Credentials, LayerProgress, LayerState, Reference, ReferenceError,
+    RegistryError,
+};
 pub use source::{ImageSource, LayerSource, SourceError, SourceImage};
 pub use store::{GcReport, Image, ImageStore, ImageStoreBuilder, Layer, StoreError};
 pub use unpack::{

@@ -10,8 +10,14 @@
 //!     tree/                        the unpacked tree, if kept
 //! images/sha256/<config hex>.json  one record per image (config digest = image ID)
 //! locks/<alg>-<hex>.lock           per-layer build locks
+//! downloads/                       registry pulls: partial and verified blobs, per-blob locks
 //! tmp/                             scratch space; never read as cache entries
 //! ```
+//!
+//! A registry pull ([`ImageStore::pull`]) downloads into `downloads/`, links
+//! the blobs into an OCI layout in `tmp/`, imports that layout as any `oci:`
+//! image, and then drops the downloaded layer blobs: the store keeps layers
+//! unpacked, by diff_id, and a layer it has is never downloaded again.
 //!
 //! Every entry is built in `tmp/` and renamed into place only when it is
 //! complete (after `syncfs` when durability is on), so a crash mid-import
@@ -34,6 +40,7 @@ use crate::erofs::{ErofsBuilder, ErofsError};
 use crate::limits::Limits;
 use crate::manifest::Platform;
 use crate::process::{self, ProcessDefaults, ProcessError, ProcessOverrides};
+use crate::registry::{self, Client, PullTarget, Reference, RegistryError};
 use crate::source::{ImageSource, SourceError, SourceImage};
 use crate::sys;
 use crate::unpack::{LayerMeta, UnpackOptions, WhiteoutMode};
@@ -55,6 +62,9 @@ pub enum StoreError {
     /// Reading, verifying or unpacking the source failed.
     #[error("importing from the image source")]
     Source(#[from] SourceError),
+    /// Pulling from a registry failed.
+    #[error("pulling from the registry")]
+    Registry(#[from] RegistryError),
     /// Building a layer's filesystem image failed.
     #[error("building the EROFS image of layer {diff_id}")]
     Erofs {
@@ -366,6 +376,38 @@ impl ImageStore {
         self.load(record)
     }
 
+    /// Pulls `reference` with `client` and imports it (see the module
+    /// docs). Layers already in the store are not downloaded; pulls of the
+    /// same layer at once (threads or processes) download it once.
+    pub fn pull(&self, reference: &Reference, client: &Client) -> Result<Image> {
+        let layout = self.scratch("pull")?;
+        let downloads = self.root.join("downloads");
+        let have = |diff_id: &Digest| self.layer_complete(&self.layer_dir(diff_id));
+        let result = (|| {
+            let _shared = self.global_lock(false)?;
+            let pulled = client.pull_layout(
+                reference,
+                &PullTarget {
+                    layout: &layout,
+                    downloads: &downloads,
+                    platform: &self.platform,
+                    limits: &self.limits,
+                    have_layer: &have,
+                },
+            )?;
+            let img = self.import(
+                &ImageSource::OciLayout {
+                    path: layout.clone(),
+                },
+                None,
+            )?;
+            registry::release_downloads(&downloads, &pulled.fetched)?;
+            Ok(img)
+        })();
+        let _ = sys::remove_tree(&layout);
+        result
+    }
+
     fn layer_complete(&self, dir: &Path) -> bool {
         dir.join("meta.json").is_file()
             && (self.erofs.is_none() || dir.join("layer.erofs").is_file())
@@ -600,6 +642,14 @@ impl ImageStore {
             report.scratch_removed += 1;
         }
         report.scratch_removed -= report.layers_removed.len().min(report.scratch_removed);
+        for sub in ["blobs", "partial"] {
+            let d = self.root.join("downloads").join(sub);
+            if let Ok(entries) = fs::read_dir(&d) {
+                for e in entries.flatten() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let locks = self.root.join("locks");
         for e in fs::read_dir(&locks).map_err(io_err("listing", &locks))? {
             let e = e.map_err(io_err("listing", &locks))?;

@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "umoci",
     "skopeo",
+    // a real registry on loopback for the registry pull tests (distribution 2.8)
+    "docker-registry",
     // the default seccomp profile of containers (/usr/share/containers/seccomp.json)
     "golang-github-containers-common",
 ];

@@ -12,6 +12,8 @@ use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
+pub mod registry;
+
 /// One file's observable state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
