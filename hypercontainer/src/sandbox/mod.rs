@@ -107,7 +107,7 @@ pub enum Error {
         image: String,
         /// What the image store said.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// Importing the image failed (corrupt or hostile image, disk full...).
     #[error("importing image {image}")]
@@ -116,7 +116,7 @@ pub enum Error {
         image: String,
         /// What the image store said.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// An imported layer has no EROFS image (the store was opened without
     /// one); open the store with EROFS images enabled.
@@ -757,9 +757,15 @@ fn image_err(image: &ImageRef, e: StoreError) -> Error {
     };
     let image = image.describe();
     if missing {
-        Error::ImageNotFound { image, source: e }
+        Error::ImageNotFound {
+            image,
+            source: Box::new(e),
+        }
     } else {
-        Error::Image { image, source: e }
+        Error::Image {
+            image,
+            source: Box::new(e),
+        }
     }
 }
 
@@ -776,7 +782,9 @@ fn prepare_image(
                 if !p.exists() {
                     return Err(Error::ImageNotFound {
                         image: image.describe(),
-                        source: StoreError::Source(SourceError::Missing(p.display().to_string())),
+                        source: Box::new(StoreError::Source(SourceError::Missing(
+                            p.display().to_string(),
+                        ))),
                     });
                 }
             }
@@ -787,7 +795,7 @@ fn prepare_image(
                     let root = kernel::cache_dir()?.join("images");
                     opened = ImageStore::open(&root).map_err(|e| Error::Image {
                         image: image.describe(),
-                        source: e,
+                        source: Box::new(e),
                     })?;
                     &opened
                 }
@@ -806,7 +814,9 @@ fn prepare_image(
             if !dir.is_dir() {
                 return Err(Error::ImageNotFound {
                     image: image.describe(),
-                    source: StoreError::Source(SourceError::Missing(dir.display().to_string())),
+                    source: Box::new(StoreError::Source(SourceError::Missing(
+                        dir.display().to_string(),
+                    ))),
                 });
             }
             let out = scratch.0.join("rootfs.erofs");
