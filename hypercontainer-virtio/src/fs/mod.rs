@@ -76,13 +76,30 @@
 //! through when the process runs as root, and are squashed (to guest
 //! root by default) otherwise, or mapped by an [`IdMap`].
 //!
+//! # Host requirements
+//!
+//! Linux 5.6 or later (`openat2`), `/proc` mounted (metadata calls on
+//! `/proc/self/fd/N`), and an `RLIMIT_NOFILE` leaving room for
+//! [`ShareConfig::max_open_fds`] per share. A seccomp filter on the
+//! event-loop thread must allow: `openat2`, `newfstatat`, `mkdirat`,
+//! `mknodat`, `symlinkat`, `linkat`, `unlinkat`, `renameat2`,
+//! `readlinkat`, `fchownat`, `fchmodat`, `fchmod`, `utimensat`,
+//! `setxattr`, `getxattr`, `listxattr`, `removexattr`, `fremovexattr`,
+//! `pread64`, `pwrite64`, `ftruncate`, `fallocate`, `lseek`,
+//! `copy_file_range`, `fcntl` (OFD locks, `F_DUPFD_CLOEXEC`,
+//! `F_GETFL`/`F_SETFL`), `fstatfs`, `getdents64`, `fsync`, `fdatasync`,
+//! `close`.
+//!
 //! # Left out
 //!
-//! DAX (`SETUPMAPPING`), `FUSE_TMPFILE`, `ioctl`, `poll`, `flock`-style
+//! DAX (`SETUPMAPPING`), `SYNCFS`, `TMPFILE`, `ioctl`, `poll`, `flock`-style
 //! locks (the guest kernel keeps those local), notifications to the guest,
-//! submounts, security contexts, POSIX ACLs beyond their xattrs, file
-//! handles (`name_to_handle_at`) in place of `O_PATH` fds, and more than
-//! one request queue.
+//! submounts, security contexts, `HANDLE_KILLPRIV_V2` (privileges are
+//! cleared by the device itself), file handles (`name_to_handle_at`) in
+//! place of `O_PATH` fds, a worker pool, and more than one request queue.
+//! POSIX locks are open-file-description locks on the host: locks taken
+//! through one guest open file do not conflict with each other whatever
+//! their owner, and they last until the file is released.
 
 pub mod filesystem;
 pub mod fuse;

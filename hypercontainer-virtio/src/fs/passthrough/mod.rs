@@ -29,6 +29,16 @@
 //! directories are ever opened for I/O; device nodes other than the
 //! overlayfs whiteout (`c 0 0`) cannot be created.
 //!
+//! Directories are opened for reading as `"."` relative to their own
+//! `O_PATH` fd. Regular files are opened by the parent and name they were
+//! last seen under (the parent map, kept up to date by lookups and
+//! renames), non-blocking and without `O_TRUNC`, and the result must be a
+//! regular file with the node's device and inode number before it is
+//! used, truncated or handed out. When the name no longer holds that file
+//! (the host renamed it, or a FIFO or symlink took its place) the open
+//! answers `ESTALE`; the guest's next lookup of the new name refreshes
+//! the node. No `/proc/self/fd` magic link is ever opened.
+//!
 //! A write, a truncate and a chown clear setuid (and setgid when the group
 //! may execute, as the kernel does) and remove `security.capability`, even
 //! though the device usually runs with `CAP_FSETID`. The node table and
