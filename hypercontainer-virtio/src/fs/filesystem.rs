@@ -462,6 +462,10 @@ pub trait FileSystem: Send {
     ) -> FsResult<u32> {
         Err(Errno(libc::ENOSYS))
     }
+    /// Flush the whole filesystem holding `nodeid` (`syncfs(2)`).
+    fn syncfs(&mut self, ctx: Context, nodeid: u64) -> FsResult<()> {
+        Err(Errno(libc::ENOSYS))
+    }
     /// Test for a conflicting lock.
     fn getlk(
         &mut self,

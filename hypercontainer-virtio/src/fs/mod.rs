@@ -86,13 +86,13 @@
 //! `readlinkat`, `fchownat`, `fchmodat`, `fchmod`, `utimensat`,
 //! `setxattr`, `getxattr`, `listxattr`, `removexattr`, `fremovexattr`,
 //! `pread64`, `pwrite64`, `ftruncate`, `fallocate`, `lseek`,
-//! `copy_file_range`, `fcntl` (OFD locks, `F_DUPFD_CLOEXEC`,
+//! `copy_file_range`, `syncfs`, `fcntl` (OFD locks, `F_DUPFD_CLOEXEC`,
 //! `F_GETFL`/`F_SETFL`), `fstatfs`, `getdents64`, `fsync`, `fdatasync`,
 //! `close`.
 //!
 //! # Left out
 //!
-//! DAX (`SETUPMAPPING`), `SYNCFS`, `TMPFILE`, `ioctl`, `poll`, `flock`-style
+//! DAX (`SETUPMAPPING`), `TMPFILE`, `ioctl`, `poll`, `flock`-style
 //! locks (the guest kernel keeps those local), notifications to the guest,
 //! submounts, security contexts, `HANDLE_KILLPRIV_V2` (privileges are
 //! cleared by the device itself), file handles (`name_to_handle_at`) in

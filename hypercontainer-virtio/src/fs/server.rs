@@ -667,6 +667,11 @@ impl<F: FileSystem + ?Sized> Server<F> {
                     empty(fs.setlk(ctx, node, l.fh, l.owner, lock, wait))
                 }
             }
+            opcode::SYNCFS => {
+                // fuse_syncfs_in: one padding u64.
+                let _: u64 = r.read()?;
+                empty(fs.syncfs(ctx, node))
+            }
             other => Err(RequestError::Unsupported(other)),
         }
     }

@@ -74,7 +74,7 @@ pub use self::read_only::ReadOnly;
 use super::filesystem::{
     Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, SetAttr, Statfs, XattrReply,
 };
-use super::fuse::Attr;
+use super::fuse::{self, Attr};
 
 /// Default cap of fds (nodes plus open handles) per share.
 pub const DEFAULT_MAX_OPEN_FDS: usize = 16384;
@@ -442,6 +442,15 @@ impl FileSystem for PassthroughFs {
         len: u64,
     ) -> FsResult<u32> {
         self.do_copy_file_range(fh_in, off_in, fh_out, off_out, len)
+    }
+    fn syncfs(&mut self, _: Context, nodeid: u64) -> FsResult<()> {
+        let node = self.node(nodeid)?;
+        let fd = if node.is_dir() {
+            open::open_dir(node.fd.as_fd())?
+        } else {
+            open::open_dir(self.node_fd(fuse::ROOT_ID)?)?
+        };
+        Ok(sys::syncfs(fd.as_fd())?)
     }
     fn getlk(&mut self, _: Context, _: u64, fh: u64, _owner: u64, lock: Lock) -> FsResult<Lock> {
         self.do_getlk(fh, lock)

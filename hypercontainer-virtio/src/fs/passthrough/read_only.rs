@@ -157,6 +157,9 @@ impl<F: FileSystem> FileSystem for ReadOnly<F> {
     ) -> FsResult<u32> {
         Err(EROFS)
     }
+    fn syncfs(&mut self, ctx: Context, n: u64) -> FsResult<()> {
+        self.0.syncfs(ctx, n)
+    }
     fn getlk(&mut self, ctx: Context, n: u64, fh: u64, owner: u64, l: Lock) -> FsResult<Lock> {
         self.0.getlk(ctx, n, fh, owner, l)
     }

@@ -207,10 +207,11 @@ fn setattr_changes_mode_times_and_size() {
 }
 
 #[test]
-fn statfs_access_fallocate_lseek_and_copy_file_range_work() {
+fn statfs_syncfs_access_fallocate_lseek_and_copy_file_range_work() {
     let s = Share::new();
     let mut c = s.client();
     let st = c.call(fuse::opcode::STATFS, ROOT_ID, &[]).unwrap();
+    c.call(fuse::opcode::SYNCFS, ROOT_ID, &[0u8; 8]).unwrap();
     assert!(crate::fs::test_client::parse::<fuse::StatfsOut>(&st).bsize > 0);
     let (f, fh) = c.create(ROOT_ID, "f", 0o644, libc::O_RDWR).unwrap();
     let fa = encode(&fuse::FallocateIn {
