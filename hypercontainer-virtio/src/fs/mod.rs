@@ -21,7 +21,9 @@
 //! One [`Fs`] device serves one share: build it from a [`ShareConfig`], put
 //! it behind the mmio transport and on the sandbox's event loop like any
 //! other device of this crate, and declare it on the kernel command line
-//! (`virtio_mmio.device=4K@ADDR:IRQ`). The guest mounts it by its tag:
+//! (`virtio_mmio.device=4K@ADDR:IRQ`; the guest kernel needs
+//! `CONFIG_FUSE_FS` and `CONFIG_VIRTIO_FS`). The guest mounts it by its
+//! tag:
 //!
 //! ```text
 //! mount -t virtiofs data /mnt/data
@@ -96,7 +98,9 @@
 //! locks (the guest kernel keeps those local), notifications to the guest,
 //! submounts, security contexts, `HANDLE_KILLPRIV_V2` (privileges are
 //! cleared by the device itself), file handles (`name_to_handle_at`) in
-//! place of `O_PATH` fds, a worker pool, and more than one request queue.
+//! place of `O_PATH` fds, a worker pool, more than one request queue, and
+//! zero-copy I/O: file data passes through one bounce buffer each way
+//! (guest memory to a vector to the file, and back).
 //! POSIX locks are open-file-description locks on the host: locks taken
 //! through one guest open file do not conflict with each other whatever
 //! their owner, and they last until the file is released.
