@@ -72,7 +72,8 @@ pub use self::ids::{IdMap, IdRange, Ownership, OVERFLOW_ID};
 use self::inode_store::{InodeData, InodeStore};
 pub use self::read_only::ReadOnly;
 use super::filesystem::{
-    Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, SetAttr, Statfs, XattrReply,
+    Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, ReadSink, SetAttr, Statfs,
+    WriteSource, XattrReply,
 };
 use super::fuse::{self, Attr};
 
@@ -339,6 +340,30 @@ impl FileSystem for PassthroughFs {
         _kill: bool,
     ) -> FsResult<u32> {
         self.do_write(fh, offset, data)
+    }
+    fn read_into(
+        &mut self,
+        _: Context,
+        _: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+    ) -> FsResult<usize> {
+        let file = &self.handle(fh, false)?.file;
+        Ok(sink.read_file(file, offset, (size as usize).min(sink.capacity()))?)
+    }
+    fn write_from(
+        &mut self,
+        _: Context,
+        _: u64,
+        fh: u64,
+        offset: u64,
+        src: &mut dyn WriteSource,
+        len: usize,
+        _kill: bool,
+    ) -> FsResult<u32> {
+        self.do_write_from(fh, offset, src, len)
     }
     fn flush(&mut self, _: Context, _: u64, fh: u64, _lock_owner: u64) -> FsResult<()> {
         self.handle(fh, false).map(drop)
