@@ -97,9 +97,11 @@ fn run_device(share: &Path, read_only: bool, input: &[u8]) {
     let body = &input[2..];
     let _ = mem.write_slice(&body[..body.len().min(MEM)], GuestAddress(0));
     mem.write_obj(0u16, GuestAddress(0x100)).unwrap();
-    mem.write_obj(1 + u16::from(requests), GuestAddress(0x102)).unwrap();
+    mem.write_obj(1 + u16::from(requests), GuestAddress(0x102))
+        .unwrap();
     mem.write_obj(0u16, GuestAddress(0x500)).unwrap();
-    mem.write_obj(u16::from(hiprio), GuestAddress(0x502)).unwrap();
+    mem.write_obj(u16::from(hiprio), GuestAddress(0x502))
+        .unwrap();
     fs.process_queue(0);
     fs.process_queue(1);
     let st = fs.stats();
@@ -228,7 +230,11 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(server);
 
-    assert_eq!(snapshot(&outside), outside_before, "outside the share changed");
+    assert_eq!(
+        snapshot(&outside),
+        outside_before,
+        "outside the share changed"
+    );
     if read_only {
         assert_eq!(snapshot(&share), share_before, "a read-only share changed");
     }
