@@ -6,7 +6,8 @@
 //!   parent map.
 //! * `open`: name rules and the one way files are opened (`openat2`).
 //! * `sys`: the system calls (the only `unsafe` code of the device).
-//! * `ids`: guest and host ownership ([`Ownership`]).
+//! * `ids`: guest and host ownership ([`Ownership`], which explains the
+//!   root and rootless behaviour).
 //! * `entries`: operations on names (lookup, create, remove, rename,
 //!   link, setattr); `files`: operations on open files and directories.
 //! * `read_only`: a wrapper answering `EROFS` to every modifying call.
@@ -45,6 +46,14 @@
 //! open handles together hold at most [`PassthroughConfig::max_open_fds`]
 //! fds; past that, lookups and opens answer `EMFILE`. The process's own
 //! `RLIMIT_NOFILE` must leave room for that many per share.
+//!
+//! # Trust
+//!
+//! The guest is not trusted: nothing it sends can make the device touch a
+//! host object outside the share. Other host processes writing in the
+//! share are trusted not to plant device nodes there: a node replaced
+//! between the check and the open could be opened (non-blocking) before
+//! its type is checked and it is closed again.
 //!
 //! # Caching
 //!
