@@ -434,3 +434,41 @@ fn destroy_drops_every_node_and_handle() {
     assert_eq!(c.read(f.nodeid, fh, 0, 1).unwrap_err(), libc::EBADF);
     assert!(c.getattr(ROOT_ID).is_ok());
 }
+
+#[test]
+fn batch_forget_drops_several_nodes_and_fsyncdir_flushes_a_directory() {
+    let s = Share::new();
+    fs::write(s.path("a"), b"").unwrap();
+    fs::write(s.path("b"), b"").unwrap();
+    let mut c = s.client();
+    let a = c.lookup(ROOT_ID, "a").unwrap().nodeid;
+    let b = c.lookup(ROOT_ID, "b").unwrap().nodeid;
+    c.lookup(ROOT_ID, "b").unwrap();
+    let mut body = encode(&fuse::BatchForgetIn { count: 2, dummy: 0 });
+    body.extend(encode(&fuse::ForgetOne {
+        nodeid: a,
+        nlookup: 1,
+    }));
+    body.extend(encode(&fuse::ForgetOne {
+        nodeid: b,
+        nlookup: 1,
+    }));
+    let req = crate::fs::test_client::request(fuse::opcode::BATCH_FORGET, 99, 0, &body);
+    assert!(c.server.handle(&req).is_none(), "no reply to a forget");
+    assert_eq!(c.getattr(a).unwrap_err(), libc::EBADF);
+    assert_eq!(c.server.filesystem().lookup_count(b), 1);
+    let fh = c.opendir(ROOT_ID).unwrap();
+    let fsync = encode(&fuse::FsyncIn {
+        fh,
+        fsync_flags: fuse::FSYNC_FDATASYNC,
+        padding: 0,
+    });
+    c.call(fuse::opcode::FSYNCDIR, ROOT_ID, &fsync).unwrap();
+    // A file handle is not a directory handle, and the other way round.
+    assert_eq!(
+        c.call(fuse::opcode::FSYNC, ROOT_ID, &fsync).unwrap_err(),
+        libc::EBADF
+    );
+    assert_eq!(c.release(ROOT_ID, fh, false).unwrap_err(), libc::EBADF);
+    c.release(ROOT_ID, fh, true).unwrap();
+}
