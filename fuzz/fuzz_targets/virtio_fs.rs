@@ -5,19 +5,108 @@
 //! of the length its header claims, a read-only share must not change,
 //! and the canary next to the share must stay untouched.
 //!
-//! Input: one flag byte (bit 0: read-only share), then records of
-//! `[flags: u8][len: u16 le][len bytes]`; a record is one request, whose
-//! header length is set to the record's size when flag bit 0 is set.
+//! Input: one flag byte (bit 0: read-only share; bit 1: through the
+//! device), then
+//! * server mode: records of `[flags: u8][len: u16 le][len bytes]`; a
+//!   record is one request, whose header length is set to the record's
+//!   size when flag bit 0 is set;
+//! * device mode: after a valid INIT chain, one byte each for the number of
+//!   chains made available on the request and hiprio queues, then guest
+//!   memory (descriptor tables, rings, buffers), as the block target does.
 #![no_main]
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hypercontainer_virtio::fs::fuse::{self, opcode, InHeader, Reader, Wire};
 use hypercontainer_virtio::fs::server::{Server, ServerOptions};
-use hypercontainer_virtio::fs::{FileSystem, PassthroughConfig, PassthroughFs, ReadOnly};
+use hypercontainer_virtio::fs::{
+    FileSystem, Fs, PassthroughConfig, PassthroughFs, ReadOnly, ShareConfig,
+};
+use hypercontainer_virtio::{Activation, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+struct NoIrq;
+impl Interrupt for NoIrq {
+    fn trigger(&self, _: InterruptType) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const MEM: usize = 256 * 1024;
+const QSIZE: u16 = 16;
+/// (descriptor table, available ring, used ring) of hiprio and requests.
+const RINGS: [(u64, u64, u64); 2] = [(0x400, 0x500, 0x600), (0x0, 0x100, 0x200)];
+
+/// The device over guest memory from the input, after a valid INIT.
+fn run_device(share: &Path, read_only: bool, input: &[u8]) {
+    if input.len() < 2 {
+        return;
+    }
+    let cfg = ShareConfig::new(share, "fuzz")
+        .read_only(read_only)
+        .max_open_fds(64)
+        .queue_size(QSIZE);
+    let mut fs = Fs::new(cfg).unwrap();
+    let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
+    let queues = RINGS
+        .iter()
+        .map(|&(d, a, u)| {
+            let mut q = Queue::new(QSIZE).unwrap();
+            q.try_set_desc_table_address(GuestAddress(d)).unwrap();
+            q.try_set_avail_ring_address(GuestAddress(a)).unwrap();
+            q.try_set_used_ring_address(GuestAddress(u)).unwrap();
+            q.set_ready(true);
+            q
+        })
+        .collect();
+    let features = fs.features();
+    fs.activate(Activation {
+        mem: mem.clone(),
+        interrupt: Arc::new(NoIrq),
+        queues,
+        queue_events: vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
+        acked_features: features,
+    })
+    .unwrap();
+    // INIT: descriptors 0 (request) and 1 (reply) on the request queue.
+    let init = init();
+    mem.write_slice(&init, GuestAddress(0x1000)).unwrap();
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        let mut d = addr.to_le_bytes().to_vec();
+        d.extend(len.to_le_bytes());
+        d.extend(flags.to_le_bytes());
+        d.extend(next.to_le_bytes());
+        d
+    };
+    let mut table = desc(0x1000, init.len() as u32, 1, 1);
+    table.extend(desc(0x2000, 4096, 2, 0));
+    mem.write_slice(&table, GuestAddress(0)).unwrap();
+    mem.write_obj(0u16, GuestAddress(0x104)).unwrap();
+    mem.write_obj(1u16, GuestAddress(0x102)).unwrap();
+    fs.process_queue(1);
+    assert_eq!(fs.stats().fuse.ok, 1, "INIT served");
+
+    // Then whatever the input holds.
+    let (requests, hiprio) = (input[0] % (QSIZE as u8 + 1), input[1] % (QSIZE as u8 + 1));
+    let body = &input[2..];
+    let _ = mem.write_slice(&body[..body.len().min(MEM)], GuestAddress(0));
+    mem.write_obj(0u16, GuestAddress(0x100)).unwrap();
+    mem.write_obj(1 + u16::from(requests), GuestAddress(0x102))
+        .unwrap();
+    mem.write_obj(0u16, GuestAddress(0x500)).unwrap();
+    mem.write_obj(u16::from(hiprio), GuestAddress(0x502))
+        .unwrap();
+    fs.process_queue(0);
+    fs.process_queue(1);
+    let st = fs.stats();
+    assert!(st.chains <= 1 + u64::from(requests) + u64::from(hiprio));
+}
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
@@ -87,6 +176,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let read_only = flags & 1 == 1;
+    let device = flags & 2 == 2;
     let base = std::env::temp_dir().join(format!(
         "hc-fuzz-fs-{}-{}",
         std::process::id(),
@@ -103,6 +193,10 @@ fuzz_target!(|data: &[u8]| {
     let outside_before = snapshot(&outside);
     let share_before = snapshot(&share);
 
+    if device {
+        run_device(&share, read_only, rest);
+        rest = &[];
+    }
     let pt = PassthroughFs::new(PassthroughConfig {
         max_open_fds: 64,
         ..PassthroughConfig::new(&share)
@@ -136,7 +230,11 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(server);
 
-    assert_eq!(snapshot(&outside), outside_before, "outside the share changed");
+    assert_eq!(
+        snapshot(&outside),
+        outside_before,
+        "outside the share changed"
+    );
     if read_only {
         assert_eq!(snapshot(&share), share_before, "a read-only share changed");
     }

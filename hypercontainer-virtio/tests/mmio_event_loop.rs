@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use hypercontainer_virtio::block::Block;
+use hypercontainer_virtio::fs::fuse::{self, opcode, InHeader, Reader, Wire};
+use hypercontainer_virtio::fs::{Fs, ShareConfig};
 use hypercontainer_virtio::test_utils::{add_chain, guest_memory, used_entry, TestDesc, TestQueue};
 use hypercontainer_virtio::transport::mmio::{status, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use hypercontainer_virtio::VirtioDevice;
@@ -28,6 +30,11 @@ fn w(t: &mut MmioTransport, off: u64, v: u32) {
 
 /// Initialise the device the way Linux's virtio-mmio driver does.
 fn driver_init(t: &mut MmioTransport, vq: &TestQueue<'_>) {
+    driver_init_queues(t, &[vq]);
+}
+
+/// The same, for a device with several queues.
+fn driver_init_queues(t: &mut MmioTransport, queues: &[&TestQueue<'_>]) {
     w(t, 0x70, 0);
     w(t, 0x70, u32::from(status::ACKNOWLEDGE));
     w(t, 0x70, u32::from(status::ACKNOWLEDGE | status::DRIVER));
@@ -43,21 +50,23 @@ fn driver_init(t: &mut MmioTransport, vq: &TestQueue<'_>) {
     let feat = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
     w(t, 0x70, u32::from(feat));
     assert_eq!(r(t, 0x70), u32::from(feat));
-    w(t, 0x30, 0);
-    assert_eq!(r(t, 0x34), 16);
-    w(t, 0x38, 16);
-    let split = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
-    let (lo, hi) = split(vq.desc_table_addr());
-    w(t, 0x80, lo);
-    w(t, 0x84, hi);
-    let (lo, hi) = split(vq.avail_addr());
-    w(t, 0x90, lo);
-    w(t, 0x94, hi);
-    let (lo, hi) = split(vq.used_addr());
-    w(t, 0xa0, lo);
-    w(t, 0xa4, hi);
-    w(t, 0x44, 1);
-    assert_eq!(r(t, 0x44), 1);
+    for (i, vq) in queues.iter().enumerate() {
+        w(t, 0x30, i as u32);
+        assert!(r(t, 0x34) >= u32::from(vq.size()));
+        w(t, 0x38, u32::from(vq.size()));
+        let split = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
+        let (lo, hi) = split(vq.desc_table_addr());
+        w(t, 0x80, lo);
+        w(t, 0x84, hi);
+        let (lo, hi) = split(vq.avail_addr());
+        w(t, 0x90, lo);
+        w(t, 0x94, hi);
+        let (lo, hi) = split(vq.used_addr());
+        w(t, 0xa0, lo);
+        w(t, 0xa4, hi);
+        w(t, 0x44, 1);
+        assert_eq!(r(t, 0x44), 1);
+    }
     w(t, 0x70, u32::from(feat | status::DRIVER_OK));
     assert!(t.is_activated());
 }
@@ -135,4 +144,79 @@ fn block_read_through_transport_and_event_loop() {
         run(&mut em);
         assert!(!block.lock().unwrap().is_active());
     }
+}
+
+#[test]
+fn fs_init_and_lookup_through_transport_and_event_loop() {
+    let mem = Arc::new(guest_memory(4 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let fs = Arc::new(Mutex::new(
+        Fs::new(ShareConfig::new(dir.path(), "vol0").queue_size(16)).unwrap(),
+    ));
+    let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let mut t = MmioTransport::new(mem.clone(), fs.clone(), irq.clone()).unwrap();
+    let mut em = EventManager::<Subscriber>::new().unwrap();
+    em.add_subscriber(fs.clone());
+    assert_eq!(r(&mut t, 0x08), 26);
+    let mut tag = [0u8; 36];
+    t.read(0x100, &mut tag);
+    assert_eq!(&tag[..5], b"vol0\0");
+
+    let hiprio = TestQueue::create(mem.as_ref(), GuestAddress(0), 16);
+    let requests = TestQueue::create(mem.as_ref(), GuestAddress(0x8000), 16);
+    driver_init_queues(&mut t, &[&hiprio, &requests]);
+    run(&mut em);
+
+    let request = |op: u32, unique: u64, body: &[u8]| {
+        let mut v = Vec::new();
+        InHeader {
+            len: (InHeader::SIZE + body.len()) as u32,
+            opcode: op,
+            unique,
+            nodeid: fuse::ROOT_ID,
+            ..Default::default()
+        }
+        .put(&mut v);
+        v.extend_from_slice(body);
+        v
+    };
+    let mut init = Vec::new();
+    fuse::InitIn {
+        major: 7,
+        minor: 36,
+        max_readahead: 0,
+        flags: 0,
+    }
+    .put(&mut init);
+    for (i, req) in [
+        request(opcode::INIT, 1, &init),
+        request(opcode::LOOKUP, 2, b"f\0"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        mem.write_slice(req, GuestAddress(0x10_0000)).unwrap();
+        add_chain(
+            &requests,
+            (i * 2) as u16,
+            &[
+                TestDesc::read(0x10_0000, req.len() as u32),
+                TestDesc::write(0x20_0000, 4096),
+            ],
+        );
+        w(&mut t, QUEUE_NOTIFY_OFFSET, 1);
+        run(&mut em);
+        let (_, len) = used_entry(&requests, i as u16).expect("request served");
+        let mut reply = vec![0u8; len as usize];
+        mem.read_slice(&mut reply, GuestAddress(0x20_0000)).unwrap();
+        let h: fuse::OutHeader = Reader::new(&reply).read().unwrap();
+        assert_eq!((h.error, h.unique), (0, i as u64 + 1));
+    }
+    assert!(irq.read().unwrap() >= 1);
+    assert_eq!(fs.lock().unwrap().stats().fuse.ok, 2);
+
+    w(&mut t, 0x70, 0);
+    run(&mut em);
+    assert!(!fs.lock().unwrap().is_active());
 }

@@ -217,6 +217,44 @@ impl DirSink {
     }
 }
 
+/// Where the data of a READ goes when it is placed straight into guest
+/// memory (the reply's buffers, after the reply header).
+pub trait ReadSink {
+    /// How many bytes fit.
+    fn capacity(&self) -> usize;
+    /// Read up to `len` bytes (at most the capacity) of `file` at `offset`
+    /// into the reply; answers the bytes read, fewer only at end of file.
+    fn read_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<usize>;
+    /// Put bytes already in memory into the reply (for filesystems without
+    /// a file to read from); answers the bytes placed.
+    fn put(&mut self, data: &[u8]) -> std::io::Result<usize>;
+}
+
+/// The payload of a WRITE left in guest memory.
+pub trait WriteSource {
+    /// Bytes available.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Write the first `len` bytes to `file` at `offset` (for a file opened
+    /// with `O_APPEND`, at its end); answers the bytes written.
+    fn write_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<usize>;
+    /// The first `len` bytes, copied out.
+    fn to_vec(&mut self, len: usize) -> std::io::Result<Vec<u8>>;
+}
+
 /// Statistics of the filesystem (`statfs`).
 pub type Statfs = fuse::StatfsOut;
 
@@ -340,6 +378,36 @@ pub trait FileSystem: Send {
     ) -> FsResult<Vec<u8>> {
         Err(Errno(libc::ENOSYS))
     }
+    /// Read into guest memory directly. The default reads into a vector
+    /// with [`FileSystem::read`] and copies it.
+    fn read_into(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+    ) -> FsResult<usize> {
+        let data = self.read(ctx, nodeid, fh, offset, size)?;
+        Ok(sink.put(&data)?)
+    }
+    /// Write `len` bytes straight from guest memory. The default copies
+    /// them out and calls [`FileSystem::write`].
+    #[allow(clippy::too_many_arguments)]
+    fn write_from(
+        &mut self,
+        ctx: Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        src: &mut dyn WriteSource,
+        len: usize,
+        kill_suidgid: bool,
+    ) -> FsResult<u32> {
+        let data = src.to_vec(len)?;
+        self.write(ctx, nodeid, fh, offset, &data, kill_suidgid)
+    }
     /// Write `data` at `offset`; answers the bytes written.
     fn write(
         &mut self,
@@ -460,6 +528,10 @@ pub trait FileSystem: Send {
         off_out: u64,
         len: u64,
     ) -> FsResult<u32> {
+        Err(Errno(libc::ENOSYS))
+    }
+    /// Flush the whole filesystem holding `nodeid` (`syncfs(2)`).
+    fn syncfs(&mut self, ctx: Context, nodeid: u64) -> FsResult<()> {
         Err(Errno(libc::ENOSYS))
     }
     /// Test for a conflicting lock.

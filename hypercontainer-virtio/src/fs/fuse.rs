@@ -70,6 +70,7 @@ pub mod opcode {
     pub const RENAME2: u32 = 45;
     pub const LSEEK: u32 = 46;
     pub const COPY_FILE_RANGE: u32 = 47;
+    pub const SYNCFS: u32 = 50;
 }
 
 /// `INIT` flags (`fuse_init_in.flags` / `fuse_init_out.flags`).

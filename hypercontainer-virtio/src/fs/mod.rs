@@ -5,9 +5,9 @@
 //!  guest: mount -t virtiofs TAG /path
 //!        |  FUSE requests in descriptor chains
 //!  Fs (this module)      VirtioDevice + MutEventSubscriber; queue 0 hiprio
-//!        |                (forgets), queue 1 requests; copies each request
-//!        |                out of guest memory, bounds-checked, and the reply
-//!        v                back into the chain's writable buffers
+//!        |                (forgets), queue 1 requests; chain: checks every
+//!        |                buffer, copies requests out and replies in, file
+//!        v                data straight between guest memory and files
 //!  server::Server        decode (fuse: wire structs) -> validate -> call the
 //!        |                FileSystem -> encode; errors become errnos in one
 //!        v                place; INIT first (a phase table)
@@ -21,7 +21,9 @@
 //! One [`Fs`] device serves one share: build it from a [`ShareConfig`], put
 //! it behind the mmio transport and on the sandbox's event loop like any
 //! other device of this crate, and declare it on the kernel command line
-//! (`virtio_mmio.device=4K@ADDR:IRQ`). The guest mounts it by its tag:
+//! (`virtio_mmio.device=4K@ADDR:IRQ`; the guest kernel needs
+//! `CONFIG_FUSE_FS` and `CONFIG_VIRTIO_FS`). The guest mounts it by its
+//! tag:
 //!
 //! ```text
 //! mount -t virtiofs data /mnt/data
@@ -55,12 +57,15 @@
 //! Requests are served one at a time, to completion, on the event-loop
 //! thread (as virtio-blk serves its disk): there is no worker pool, so a
 //! slow host filesystem delays the sandbox's other devices, and `SETLKW`
-//! never blocks (a conflict answers `EAGAIN`). Each request is copied out
-//! of guest memory after every descriptor was checked to lie inside it
-//! and the total to be at most [`server::MAX_REQUEST`] bytes (`E2BIG`
-//! otherwise); the reply is copied into the writable descriptors, and a
-//! reply that does not fit is replaced by `EIO`. Chains with no room even
-//! for a reply header are returned with nothing written.
+//! never blocks (a conflict answers `EAGAIN`). Every descriptor is checked
+//! to lie in guest memory before anything is read; a request may be at
+//! most [`server::MAX_REQUEST`] bytes (`E2BIG` otherwise). File data does
+//! not pass through the device's own buffers: a WRITE's payload goes from
+//! guest memory to the file and a READ's data from the file into the reply
+//! buffers after the header. Everything else is copied out, served, and
+//! the reply copied into the writable descriptors; a reply that does not
+//! fit (or a READ larger than its buffers) is answered `EIO`. Chains with
+//! no room even for a reply header are returned with nothing written.
 //!
 //! # Caching
 //!
@@ -76,14 +81,32 @@
 //! through when the process runs as root, and are squashed (to guest
 //! root by default) otherwise, or mapped by an [`IdMap`].
 //!
+//! # Host requirements
+//!
+//! Linux 5.6 or later (`openat2`), `/proc` mounted (metadata calls on
+//! `/proc/self/fd/N`), and an `RLIMIT_NOFILE` leaving room for
+//! [`ShareConfig::max_open_fds`] per share. A seccomp filter on the
+//! event-loop thread must allow: `openat2`, `newfstatat`, `mkdirat`,
+//! `mknodat`, `symlinkat`, `linkat`, `unlinkat`, `renameat2`,
+//! `readlinkat`, `fchownat`, `fchmodat`, `fchmod`, `utimensat`,
+//! `setxattr`, `getxattr`, `listxattr`, `removexattr`, `fremovexattr`,
+//! `pread64`, `pwrite64`, `ftruncate`, `fallocate`, `lseek`,
+//! `copy_file_range`, `syncfs`, `fcntl` (OFD locks, `F_DUPFD_CLOEXEC`,
+//! `F_GETFL`/`F_SETFL`), `fstatfs`, `getdents64`, `fsync`, `fdatasync`,
+//! `close`.
+//!
 //! # Left out
 //!
-//! DAX (`SETUPMAPPING`), `FUSE_TMPFILE`, `ioctl`, `poll`, `flock`-style
+//! DAX (`SETUPMAPPING`), `TMPFILE`, `ioctl`, `poll`, `flock`-style
 //! locks (the guest kernel keeps those local), notifications to the guest,
-//! submounts, security contexts, POSIX ACLs beyond their xattrs, file
-//! handles (`name_to_handle_at`) in place of `O_PATH` fds, and more than
-//! one request queue.
+//! submounts, security contexts, `HANDLE_KILLPRIV_V2` (privileges are
+//! cleared by the device itself), file handles (`name_to_handle_at`) in
+//! place of `O_PATH` fds, a worker pool, and more than one request queue.
+//! POSIX locks are open-file-description locks on the host: locks taken
+//! through one guest open file do not conflict with each other whatever
+//! their owner, and they last until the file is released.
 
+mod chain;
 pub mod filesystem;
 pub mod fuse;
 pub mod passthrough;
@@ -95,10 +118,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use log::{debug, warn};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
-
-use self::fuse::Wire;
+use log::warn;
 
 pub use self::filesystem::FileSystem;
 pub use self::passthrough::{
@@ -109,8 +129,7 @@ use crate::device::{
     self, device_type, Activation, EventLoopLink, LinkChange, VirtioDevice, CONTROL_TOKEN,
     EVENT_IDX,
 };
-use crate::queue_util::{drain_queue, Chain};
-use crate::GuestMemoryMmap;
+use crate::queue_util::drain_queue;
 
 /// The virtio device type of virtio-fs.
 pub const DEVICE_TYPE: u32 = 26;
@@ -350,146 +369,10 @@ impl Fs {
         let stats = &mut self.stats;
         if let Some(active) = self.link.active() {
             drain_queue(active, index, |mem, chain| {
-                execute(server, stats, mem, chain)
+                chain::execute(server, stats, mem, chain)
             });
         }
     }
-}
-
-/// A run of guest memory.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    addr: GuestAddress,
-    len: usize,
-}
-
-fn in_memory(mem: &GuestMemoryMmap, segs: &[Segment]) -> bool {
-    segs.iter()
-        .all(|s| GuestMemoryBackend::check_range(mem, s.addr, s.len))
-}
-
-/// Serve one chain; answers the bytes written into it.
-fn execute(
-    server: &mut Server<dyn FileSystem>,
-    stats: &mut FsStats,
-    mem: &GuestMemoryMmap,
-    chain: Chain,
-) -> u32 {
-    stats.chains += 1;
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
-    let mut order_ok = true;
-    for d in &chain.descs {
-        let seg = Segment {
-            addr: d.addr(),
-            len: d.len() as usize,
-        };
-        if d.is_write_only() {
-            writable.push(seg);
-        } else if writable.is_empty() {
-            readable.push(seg);
-        } else {
-            order_ok = false;
-        }
-    }
-    if !in_memory(mem, &readable) || !in_memory(mem, &writable) {
-        debug!("virtio-fs: chain {} outside guest memory", chain.head);
-        stats.dropped += 1;
-        return 0;
-    }
-    let in_len = readable
-        .iter()
-        .map(|s| s.len)
-        .fold(0usize, usize::saturating_add);
-    let out_len = writable
-        .iter()
-        .map(|s| s.len)
-        .fold(0usize, usize::saturating_add);
-    let oversize = in_len > server::MAX_REQUEST;
-    // Read at most the whole request, or just the header of one too long.
-    let take = if oversize {
-        fuse::InHeader::SIZE
-    } else {
-        in_len
-    };
-    let mut request = vec![0u8; take.min(in_len)];
-    if read_segments(mem, &readable, &mut request).is_err() {
-        stats.dropped += 1;
-        return 0;
-    }
-    let reply = if oversize || !order_ok {
-        let unique = fuse::Reader::new(&request)
-            .read::<fuse::InHeader>()
-            .map(|h| h.unique);
-        let errno = if oversize {
-            stats.oversize += 1;
-            libc::E2BIG
-        } else {
-            libc::EINVAL
-        };
-        unique.ok().map(|u| server::error_reply(u, errno))
-    } else {
-        server.handle(&request)
-    };
-    let Some(mut reply) = reply else {
-        stats.dropped += 1;
-        return 0;
-    };
-    if reply.len() > out_len {
-        let unique = fuse::Reader::new(&reply)
-            .read::<fuse::OutHeader>()
-            .map(|h| h.unique)
-            .unwrap_or(0);
-        reply = server::error_reply(unique, libc::EIO);
-        stats.truncated += 1;
-        if reply.len() > out_len {
-            stats.dropped += 1;
-            return 0;
-        }
-    }
-    match write_segments(mem, &writable, &reply) {
-        Ok(()) => reply.len() as u32,
-        Err(()) => {
-            stats.dropped += 1;
-            0
-        }
-    }
-}
-
-fn read_segments(
-    mem: &GuestMemoryMmap,
-    segs: &[Segment],
-    out: &mut [u8],
-) -> std::result::Result<(), ()> {
-    let mut pos = 0;
-    for s in segs {
-        if pos == out.len() {
-            break;
-        }
-        let n = s.len.min(out.len() - pos);
-        mem.read_slice(&mut out[pos..pos + n], s.addr)
-            .map_err(drop)?;
-        pos += n;
-    }
-    Ok(())
-}
-
-fn write_segments(
-    mem: &GuestMemoryMmap,
-    segs: &[Segment],
-    data: &[u8],
-) -> std::result::Result<(), ()> {
-    let mut pos = 0;
-    for s in segs {
-        if pos == data.len() {
-            break;
-        }
-        let n = s.len.min(data.len() - pos);
-        s.addr.checked_add(n as u64).ok_or(())?;
-        mem.write_slice(&data[pos..pos + n], s.addr).map_err(drop)?;
-        pos += n;
-    }
-    Ok(())
 }
 
 impl VirtioDevice for Fs {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use log::debug;
 
-use super::filesystem::{Context, DirSink, Errno, FileSystem, Lock, SetAttr, SetTime, XattrReply};
+use super::filesystem::{
+    Context, DirSink, Errno, FileSystem, Lock, ReadSink, SetAttr, SetTime, WriteSource, XattrReply,
+};
 use super::fuse::{self, encode, fattr, init_flags, opcode, DecodeError, InHeader, Reader, Wire};
 
 /// Largest write payload the server accepts (`max_write`).
@@ -118,6 +120,29 @@ pub struct ServerStats {
     pub bytes_written: u64,
 }
 
+/// File data that stays in guest memory instead of passing through the
+/// request or reply bytes.
+pub enum Data<'a> {
+    /// Everything is in the request bytes, and the reply carries its data.
+    InRequest,
+    /// The payload of a WRITE: it follows the request bytes (which end
+    /// with `fuse_write_in`) in guest memory.
+    Write(&'a mut dyn WriteSource),
+    /// Where the data of a READ goes: guest memory after the reply header.
+    /// The reply bytes are then the header alone, its `len` counting the
+    /// data placed.
+    Read(&'a mut dyn ReadSink),
+}
+
+impl Data<'_> {
+    fn extra_len(&self) -> usize {
+        match self {
+            Self::Write(src) => src.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Why a request failed; [`RequestError::errno`] is the only place
 /// failures become errnos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +153,7 @@ enum RequestError {
     NameTooLong,
     TooLarge,
     Refused(Phase),
+    NoRoom,
     Unsupported(u32),
     Fs(Errno),
 }
@@ -138,7 +164,7 @@ impl RequestError {
             Self::Decode(_) | Self::BadHeader(_) | Self::Invalid(_) => libc::EINVAL,
             Self::NameTooLong => libc::ENAMETOOLONG,
             Self::TooLarge => libc::E2BIG,
-            Self::Refused(_) => libc::EIO,
+            Self::Refused(_) | Self::NoRoom => libc::EIO,
             Self::Unsupported(_) => libc::ENOSYS,
             Self::Fs(e) => e.0,
         }
@@ -165,6 +191,8 @@ pub struct Server<F: ?Sized> {
     phase: Phase,
     options: ServerOptions,
     stats: ServerStats,
+    /// Reply data placed straight into guest memory by the last request.
+    in_place: usize,
 }
 
 impl<F: ?Sized> std::fmt::Debug for Server<F> {
@@ -229,6 +257,7 @@ impl<F: FileSystem + ?Sized> Server<F> {
             phase: Phase::AwaitingInit,
             options,
             stats: ServerStats::default(),
+            in_place: 0,
         }
     }
 
@@ -264,7 +293,15 @@ impl<F: FileSystem + ?Sized> Server<F> {
     /// `None` for requests without a reply. A request too short to carry a
     /// header gets no reply either: there is no id to answer.
     pub fn handle(&mut self, request: &[u8]) -> Option<Vec<u8>> {
+        self.handle_with(request, Data::InRequest)
+    }
+
+    /// Handle one request whose file data stays in guest memory (see
+    /// [`Data`]); otherwise as [`Server::handle`]. A sink or source that
+    /// does not match the opcode is ignored.
+    pub fn handle_with(&mut self, request: &[u8], mut data: Data<'_>) -> Option<Vec<u8>> {
         self.stats.requests += 1;
+        self.in_place = 0;
         let mut r = Reader::new(request);
         let Ok(header) = r.read::<InHeader>() else {
             debug!(
@@ -275,9 +312,11 @@ impl<F: FileSystem + ?Sized> Server<F> {
             return None;
         };
         let class = classify(header.opcode);
-        let result = self.check_header(&header, request.len()).and_then(|body| {
-            let mut body = Reader::new(&request[InHeader::SIZE..body]);
-            self.route(&header, class, &mut body)
+        let received = request.len().saturating_add(data.extra_len());
+        let result = self.check_header(&header, received).and_then(|end| {
+            let mut body = Reader::new(&request[InHeader::SIZE..end.min(request.len())]);
+            let extra = end.saturating_sub(request.len());
+            self.route(&header, class, &mut body, &mut data, extra)
         });
         if class == Class::NoReply {
             if let Err(e) = result {
@@ -308,7 +347,14 @@ impl<F: FileSystem + ?Sized> Server<F> {
         Ok(len)
     }
 
-    fn route(&mut self, h: &InHeader, class: Class, body: &mut Reader<'_>) -> Reply {
+    fn route(
+        &mut self,
+        h: &InHeader,
+        class: Class,
+        body: &mut Reader<'_>,
+        data: &mut Data<'_>,
+        extra: usize,
+    ) -> Reply {
         let action = PHASE_TRANSITIONS
             .iter()
             .find(|(p, c, _)| *p == self.phase && *c == class)
@@ -320,7 +366,7 @@ impl<F: FileSystem + ?Sized> Server<F> {
                 self.phase = Phase::AwaitingInit;
                 Ok(Vec::new())
             }
-            Some(PhaseAction::Serve) => self.dispatch(h, body),
+            Some(PhaseAction::Serve) => self.dispatch(h, body, data, extra),
             None => Err(RequestError::Refused(self.phase)),
         }
     }
@@ -331,7 +377,8 @@ impl<F: FileSystem + ?Sized> Server<F> {
             | RequestError::BadHeader(_)
             | RequestError::Invalid(_)
             | RequestError::NameTooLong
-            | RequestError::TooLarge => self.stats.malformed += 1,
+            | RequestError::TooLarge
+            | RequestError::NoRoom => self.stats.malformed += 1,
             RequestError::Refused(_) => self.stats.refused += 1,
             RequestError::Unsupported(_) => self.stats.unsupported += 1,
             RequestError::Fs(_) => self.stats.errors += 1,
@@ -339,9 +386,11 @@ impl<F: FileSystem + ?Sized> Server<F> {
     }
 
     fn reply(&mut self, unique: u64, result: Reply) -> Vec<u8> {
+        let mut in_place = 0;
         let (error, body) = match result {
             Ok(body) => {
                 self.stats.ok += 1;
+                in_place = self.in_place;
                 (0, body)
             }
             Err(e) => {
@@ -352,7 +401,7 @@ impl<F: FileSystem + ?Sized> Server<F> {
         };
         let mut out = Vec::with_capacity(fuse::OutHeader::SIZE + body.len());
         fuse::OutHeader {
-            len: (fuse::OutHeader::SIZE + body.len()) as u32,
+            len: (fuse::OutHeader::SIZE + body.len() + in_place) as u32,
             error,
             unique,
         }
@@ -400,7 +449,15 @@ impl<F: FileSystem + ?Sized> Server<F> {
         }))
     }
 
-    fn dispatch(&mut self, h: &InHeader, r: &mut Reader<'_>) -> Reply {
+    /// `extra`: bytes of the request that stay in guest memory (a WRITE
+    /// payload in `data`).
+    fn dispatch(
+        &mut self,
+        h: &InHeader,
+        r: &mut Reader<'_>,
+        data: &mut Data<'_>,
+        extra: usize,
+    ) -> Reply {
         let ctx = Context {
             uid: h.uid,
             gid: h.gid,
@@ -539,15 +596,36 @@ impl<F: FileSystem + ?Sized> Server<F> {
             }
             opcode::READ => {
                 let x: fuse::ReadIn = r.read()?;
-                let data = fs.read(ctx, node, x.fh, x.offset, x.size.min(MAX_READ))?;
+                let size = x.size.min(MAX_READ);
+                if let Data::Read(sink) = data {
+                    if size as usize > sink.capacity() {
+                        return Err(RequestError::NoRoom);
+                    }
+                    let n = fs.read_into(ctx, node, x.fh, x.offset, size, &mut **sink)?;
+                    self.stats.bytes_read += n as u64;
+                    self.in_place = n.min(size as usize);
+                    return Ok(Vec::new());
+                }
+                let data = fs.read(ctx, node, x.fh, x.offset, size)?;
                 self.stats.bytes_read += data.len() as u64;
                 Ok(data)
             }
             opcode::WRITE => {
                 let w: fuse::WriteIn = r.read()?;
-                let data = r.take(w.size as usize, "write data")?;
                 let kill = w.write_flags & fuse::WRITE_KILL_SUIDGID != 0;
-                let n = fs.write(ctx, node, w.fh, w.offset, data, kill)?;
+                let n = match data {
+                    Data::Write(src) if r.remaining() == 0 => {
+                        let len = w.size as usize;
+                        if len > extra || len > src.len() {
+                            return Err(DecodeError::Short("write data").into());
+                        }
+                        fs.write_from(ctx, node, w.fh, w.offset, &mut **src, len, kill)?
+                    }
+                    _ => {
+                        let bytes = r.take(w.size as usize, "write data")?;
+                        fs.write(ctx, node, w.fh, w.offset, bytes, kill)?
+                    }
+                };
                 self.stats.bytes_written += u64::from(n);
                 Ok(encode(&fuse::WriteOut {
                     size: n,
@@ -666,6 +744,11 @@ impl<F: FileSystem + ?Sized> Server<F> {
                     let wait = h.opcode == opcode::SETLKW;
                     empty(fs.setlk(ctx, node, l.fh, l.owner, lock, wait))
                 }
+            }
+            opcode::SYNCFS => {
+                // fuse_syncfs_in: one padding u64.
+                let _: u64 = r.read()?;
+                empty(fs.syncfs(ctx, node))
             }
             other => Err(RequestError::Unsupported(other)),
         }

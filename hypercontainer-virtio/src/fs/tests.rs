@@ -11,6 +11,7 @@ use super::*;
 use crate::test_utils::{
     activation, add_chain, guest_memory, used_entry, MockInterrupt, TestDesc, TestQueue,
 };
+use crate::GuestMemoryMmap;
 
 const MEM: usize = 4 << 20;
 const HIPRIO_AT: u64 = 0x0;
@@ -159,6 +160,167 @@ fn init_then_lookup_and_read_through_the_request_queue() {
     assert!(f.irq.used_ring_count() >= 1);
     let st = f.fs.stats();
     assert_eq!((st.chains, st.fuse.ok, st.fuse.bytes_read), (4, 4, 5));
+}
+
+/// Open `hello` through the queue; answers (node, fh).
+fn open_hello(f: &mut Fixture, flags: i32) -> (u64, u64) {
+    let (err, body) = f.call(&lookup("hello"), 4096);
+    assert_eq!(err, 0);
+    let node = Reader::new(&body).read::<fuse::EntryOut>().unwrap().nodeid;
+    let open = encode(&fuse::OpenIn {
+        flags: flags as u32,
+        open_flags: 0,
+    });
+    let (err, body) = f.call(&request(opcode::OPEN, 8, node, &open), 4096);
+    assert_eq!(err, 0);
+    (node, Reader::new(&body).read::<fuse::OpenOut>().unwrap().fh)
+}
+
+fn write_head(node: u64, fh: u64, offset: u64, size: u32) -> Vec<u8> {
+    let w = encode(&fuse::WriteIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    });
+    let mut req = request(opcode::WRITE, 11, node, &w);
+    req[0..4].copy_from_slice(&(80 + size).to_le_bytes());
+    req
+}
+
+#[test]
+fn a_write_payload_goes_from_guest_memory_to_the_file() {
+    let mut f = Fixture::new();
+    f.activate();
+    f.init();
+    let (node, fh) = open_hello(&mut f, libc::O_RDWR);
+    let head = write_head(node, fh, 7, 10);
+    f.mem.write_slice(&head, GuestAddress(REQ)).unwrap();
+    f.mem
+        .write_slice(b"HOST!", GuestAddress(REQ + 0x1000))
+        .unwrap();
+    f.mem
+        .write_slice(b"12345", GuestAddress(REQ + 0x2000))
+        .unwrap();
+    let len = f.run(
+        REQUEST_QUEUE,
+        &[
+            TestDesc::read(REQ, 80),
+            TestDesc::read(REQ + 0x1000, 5),
+            TestDesc::read(REQ + 0x2000, 5),
+            TestDesc::write(REP, 4096),
+        ],
+    );
+    let (err, body) = f.reply(len);
+    assert_eq!(err, 0);
+    assert_eq!(
+        Reader::new(&body).read::<fuse::WriteOut>().unwrap().size,
+        10
+    );
+    assert_eq!(
+        std::fs::read(f.dir.path().join("hello")).unwrap(),
+        b"hello, HOST!12345"
+    );
+    assert_eq!(f.fs.stats().fuse.bytes_written, 10);
+    // A size past the payload is refused before anything is written.
+    let head = write_head(node, fh, 0, 4000);
+    f.mem.write_slice(&head, GuestAddress(REQ)).unwrap();
+    let len = f.run(
+        REQUEST_QUEUE,
+        &[
+            TestDesc::read(REQ, 80),
+            TestDesc::read(REQ + 0x1000, 5),
+            TestDesc::write(REP, 4096),
+        ],
+    );
+    assert_eq!(f.reply(len).0, -libc::EINVAL);
+    assert_eq!(
+        std::fs::read(f.dir.path().join("hello")).unwrap(),
+        b"hello, HOST!12345"
+    );
+}
+
+#[test]
+fn read_data_lands_after_the_header_across_descriptors_up_to_end_of_file() {
+    let mut f = Fixture::new();
+    f.activate();
+    f.init();
+    let (node, fh) = open_hello(&mut f, libc::O_RDONLY);
+    let read = |size: u32| {
+        request(
+            opcode::READ,
+            12,
+            node,
+            &encode(&fuse::ReadIn {
+                fh,
+                offset: 2,
+                size,
+                ..Default::default()
+            }),
+        )
+    };
+    let req = read(100);
+    f.mem.write_slice(&req, GuestAddress(REQ)).unwrap();
+    let len = f.run(
+        REQUEST_QUEUE,
+        &[
+            TestDesc::read(REQ, req.len() as u32),
+            TestDesc::write(REP, 16),
+            TestDesc::write(REP + 0x1000, 4),
+            TestDesc::write(REP + 0x2000, 96),
+        ],
+    );
+    assert_eq!(len, 16 + 10);
+    let mut h = [0u8; 16];
+    f.mem.read_slice(&mut h, GuestAddress(REP)).unwrap();
+    let h: fuse::OutHeader = Reader::new(&h).read().unwrap();
+    assert_eq!((h.error, h.len), (0, 26));
+    let mut a = [0u8; 4];
+    let mut b = [0u8; 6];
+    f.mem
+        .read_slice(&mut a, GuestAddress(REP + 0x1000))
+        .unwrap();
+    f.mem
+        .read_slice(&mut b, GuestAddress(REP + 0x2000))
+        .unwrap();
+    assert_eq!([&a[..], &b[..]].concat(), b"llo, guest");
+    // More than the buffers hold: EIO, nothing read.
+    let req = read(100);
+    f.mem.write_slice(&req, GuestAddress(REQ)).unwrap();
+    let len = f.run(
+        REQUEST_QUEUE,
+        &[
+            TestDesc::read(REQ, req.len() as u32),
+            TestDesc::write(REP, 16 + 50),
+        ],
+    );
+    assert_eq!(f.reply(len).0, -libc::EIO);
+}
+
+#[test]
+fn a_zero_copy_write_to_a_read_only_share_is_erofs() {
+    let mut f = Fixture::new();
+    f.fs = Fs::new(
+        ShareConfig::new(f.dir.path(), "ro")
+            .read_only(true)
+            .queue_size(QSIZE),
+    )
+    .unwrap();
+    f.activate();
+    f.init();
+    let (node, fh) = open_hello(&mut f, libc::O_RDONLY);
+    let head = write_head(node, fh, 0, 5);
+    f.mem.write_slice(&head, GuestAddress(REQ)).unwrap();
+    f.mem.write_slice(b"XXXXX", GuestAddress(REQ + 80)).unwrap();
+    let len = f.run(
+        REQUEST_QUEUE,
+        &[TestDesc::read(REQ, 85), TestDesc::write(REP, 4096)],
+    );
+    assert_eq!(f.reply(len).0, -libc::EROFS);
+    assert_eq!(
+        std::fs::read(f.dir.path().join("hello")).unwrap(),
+        b"hello, guest"
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@ use std::os::unix::fs::FileExt;
 use super::entries::{ignore_absent, privileged_bits};
 use super::open;
 use super::{sys, PassthroughFs};
-use crate::fs::filesystem::{Context, DirEntry, DirSink, Errno, FsResult, Lock, XattrReply};
+use crate::fs::filesystem::{
+    Context, DirEntry, DirSink, Errno, FsResult, Lock, WriteSource, XattrReply,
+};
 use crate::fs::fuse::{Attr, FOPEN_KEEP_CACHE};
 
 /// Largest getdents buffer per call.
@@ -153,6 +155,20 @@ impl PassthroughFs {
         file.write_all_at(data, offset)?;
         self.drop_privileges(file)?;
         Ok(data.len() as u32)
+    }
+
+    pub(super) fn do_write_from(
+        &mut self,
+        fh: u64,
+        offset: u64,
+        src: &mut dyn WriteSource,
+        len: usize,
+    ) -> FsResult<u32> {
+        let file = &self.handle(fh, false)?.file;
+        to_i64(offset.checked_add(len as u64).ok_or(Errno(libc::EFBIG))?)?;
+        let n = src.write_file(file, offset, len)?;
+        self.drop_privileges(file)?;
+        Ok(n as u32)
     }
 
     pub(super) fn do_opendir(&mut self, nodeid: u64) -> FsResult<(u64, u32)> {

@@ -1,24 +1,4 @@
-//! Who owns what: how guest uids and gids relate to the host's.
-//!
-//! * [`Ownership::Passthrough`] (the default when the process runs as
-//!   root): guest ids are host ids. Files the guest creates are given the
-//!   caller's ids with `fchownat` right after they are made (the device
-//!   never changes its own credentials, so other devices on the same
-//!   thread are not affected); `chown` from the guest is applied as is.
-//! * [`Ownership::Squash`] (the default otherwise): every file appears
-//!   owned by one guest uid/gid (root, by default), whatever its host
-//!   owner; new files belong to the process's own host ids. A guest
-//!   `chown` is accepted and not applied: without privilege the host
-//!   cannot store it. Host permission checks still apply to the process,
-//!   so a host file it may not write stays unwritable.
-//! * [`Ownership::Map`]: ranges of guest ids stand for ranges of host ids,
-//!   as a user namespace maps them. Ids outside the map show as 65534
-//!   (`nobody`) in the guest, and a `chown` to an unmapped guest id is
-//!   `EINVAL`. Creating and chowning to mapped ids needs `CAP_CHOWN` over
-//!   them (root, or a user namespace owning them).
-//!
-//! Permission checks for guest callers are made by the guest kernel (the
-//! Linux virtio-fs driver mounts with `default_permissions`).
+//! Guest and host ids: the [`Ownership`] policy of a share.
 
 /// The id shown for host ids that have no guest id.
 pub const OVERFLOW_ID: u32 = 65534;
@@ -61,7 +41,31 @@ fn to_guest(ranges: &[IdRange], id: u32) -> u32 {
         .unwrap_or(OVERFLOW_ID)
 }
 
-/// How guest ids relate to host ids (see the module docs).
+/// Who owns what: how guest uids and gids relate to the host's.
+///
+/// * [`Ownership::Passthrough`] (the default when the process runs as
+///   root): guest ids are host ids. Files the guest creates are given the
+///   caller's ids with `fchownat` right after they are made (the device
+///   never changes its own credentials, so other devices on the same
+///   thread are not affected); `chown` from the guest is applied as is.
+/// * [`Ownership::Squash`] (the default otherwise): every file appears
+///   owned by one guest uid/gid (root, by default), whatever its host
+///   owner; new files belong to the process's own host ids. A guest
+///   `chown` is accepted and not applied: without privilege the host
+///   cannot store it. Host permission checks still apply to the process,
+///   so a host file it may not write stays unwritable.
+/// * [`Ownership::Map`]: ranges of guest ids stand for ranges of host ids,
+///   as a user namespace maps them. Ids outside the map show as 65534
+///   (`nobody`) in the guest, and a `chown` to an unmapped guest id is
+///   `EINVAL`. Creating and chowning to mapped ids needs `CAP_CHOWN` over
+///   them (root, or a user namespace owning them).
+///
+/// Permission checks for guest callers are made by the guest kernel (the
+/// Linux virtio-fs driver mounts with `default_permissions`).
+///
+/// Whatever the policy, a guest root may create setuid files and set file
+/// capabilities (`security.capability`) in a writable share: the host
+/// should not execute files from a share with privilege.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ownership {
     /// Guest ids are host ids.

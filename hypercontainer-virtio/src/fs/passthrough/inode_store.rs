@@ -160,6 +160,12 @@ impl InodeStore {
         if id == ROOT_ID || !self.by_id.contains_key(&parent) {
             return;
         }
+        let old = self.by_id.get(&id).map(|d| d.parent);
+        if old != Some(parent) && self.is_ancestor(id, parent) {
+            // Only the host can move a directory under its own child (the
+            // kernel refuses that to the guest); the map keeps its tree.
+            return;
+        }
         let Some(d) = self.by_id.get_mut(&id) else {
             return;
         };
@@ -172,6 +178,20 @@ impl InodeStore {
             self.add_child_ref(parent);
             self.release(old, 0, 1);
         }
+    }
+
+    /// Whether `id` is `node` or one of its ancestors in the map.
+    fn is_ancestor(&self, id: u64, mut node: u64) -> bool {
+        for _ in 0..=self.by_id.len() {
+            if node == id {
+                return true;
+            }
+            match self.by_id.get(&node) {
+                Some(d) if node != ROOT_ID => node = d.parent,
+                _ => return false,
+            }
+        }
+        true
     }
 
     fn add_child_ref(&mut self, parent: u64) {
@@ -264,6 +284,20 @@ mod tests {
         assert_eq!(s.len(), 1);
         s.forget(ROOT_ID, 100);
         assert!(s.get(ROOT_ID).is_some());
+    }
+
+    #[test]
+    fn the_parent_map_never_forms_a_cycle() {
+        let mut s = InodeStore::new(fd(), (0, 1));
+        let a = s.insert(fd(), (0, 2), libc::S_IFDIR, ROOT_ID, c"a");
+        let b = s.insert(fd(), (0, 3), libc::S_IFDIR, a, c"b");
+        // The host moved `a` under `b`, and the guest looks it up there.
+        s.moved(a, b, c"a");
+        assert_eq!(s.parent_of(a), Some(ROOT_ID));
+        assert_eq!(s.parent_of(b), Some(a));
+        s.forget(b, 1);
+        s.forget(a, 1);
+        assert_eq!(s.len(), 1, "no node is kept alive by a loop");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   parent map.
 //! * `open`: name rules and the one way files are opened (`openat2`).
 //! * `sys`: the system calls (the only `unsafe` code of the device).
-//! * `ids`: guest and host ownership ([`Ownership`]).
+//! * `ids`: guest and host ownership ([`Ownership`], which explains the
+//!   root and rootless behaviour).
 //! * `entries`: operations on names (lookup, create, remove, rename,
 //!   link, setattr); `files`: operations on open files and directories.
 //! * `read_only`: a wrapper answering `EROFS` to every modifying call.
@@ -29,12 +30,30 @@
 //! directories are ever opened for I/O; device nodes other than the
 //! overlayfs whiteout (`c 0 0`) cannot be created.
 //!
+//! Directories are opened for reading as `"."` relative to their own
+//! `O_PATH` fd. Regular files are opened by the parent and name they were
+//! last seen under (the parent map, kept up to date by lookups and
+//! renames), non-blocking and without `O_TRUNC`, and the result must be a
+//! regular file with the node's device and inode number before it is
+//! used, truncated or handed out. When the name no longer holds that file
+//! (the host renamed it, or a FIFO or symlink took its place) the open
+//! answers `ESTALE`; the guest's next lookup of the new name refreshes
+//! the node. No `/proc/self/fd` magic link is ever opened.
+//!
 //! A write, a truncate and a chown clear setuid (and setgid when the group
 //! may execute, as the kernel does) and remove `security.capability`, even
 //! though the device usually runs with `CAP_FSETID`. The node table and
 //! open handles together hold at most [`PassthroughConfig::max_open_fds`]
 //! fds; past that, lookups and opens answer `EMFILE`. The process's own
 //! `RLIMIT_NOFILE` must leave room for that many per share.
+//!
+//! # Trust
+//!
+//! The guest is not trusted: nothing it sends can make the device touch a
+//! host object outside the share. Other host processes writing in the
+//! share are trusted not to plant device nodes there: a node replaced
+//! between the check and the open could be opened (non-blocking) before
+//! its type is checked and it is closed again.
 //!
 //! # Caching
 //!
@@ -62,9 +81,10 @@ pub use self::ids::{IdMap, IdRange, Ownership, OVERFLOW_ID};
 use self::inode_store::{InodeData, InodeStore};
 pub use self::read_only::ReadOnly;
 use super::filesystem::{
-    Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, SetAttr, Statfs, XattrReply,
+    Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, ReadSink, SetAttr, Statfs,
+    WriteSource, XattrReply,
 };
-use super::fuse::Attr;
+use super::fuse::{self, Attr};
 
 /// Default cap of fds (nodes plus open handles) per share.
 pub const DEFAULT_MAX_OPEN_FDS: usize = 16384;
@@ -330,6 +350,30 @@ impl FileSystem for PassthroughFs {
     ) -> FsResult<u32> {
         self.do_write(fh, offset, data)
     }
+    fn read_into(
+        &mut self,
+        _: Context,
+        _: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+    ) -> FsResult<usize> {
+        let file = &self.handle(fh, false)?.file;
+        Ok(sink.read_file(file, offset, (size as usize).min(sink.capacity()))?)
+    }
+    fn write_from(
+        &mut self,
+        _: Context,
+        _: u64,
+        fh: u64,
+        offset: u64,
+        src: &mut dyn WriteSource,
+        len: usize,
+        _kill: bool,
+    ) -> FsResult<u32> {
+        self.do_write_from(fh, offset, src, len)
+    }
     fn flush(&mut self, _: Context, _: u64, fh: u64, _lock_owner: u64) -> FsResult<()> {
         self.handle(fh, false).map(drop)
     }
@@ -432,6 +476,15 @@ impl FileSystem for PassthroughFs {
         len: u64,
     ) -> FsResult<u32> {
         self.do_copy_file_range(fh_in, off_in, fh_out, off_out, len)
+    }
+    fn syncfs(&mut self, _: Context, nodeid: u64) -> FsResult<()> {
+        let node = self.node(nodeid)?;
+        let fd = if node.is_dir() {
+            open::open_dir(node.fd.as_fd())?
+        } else {
+            open::open_dir(self.node_fd(fuse::ROOT_ID)?)?
+        };
+        Ok(sys::syncfs(fd.as_fd())?)
     }
     fn getlk(&mut self, _: Context, _: u64, fh: u64, _owner: u64, lock: Lock) -> FsResult<Lock> {
         self.do_getlk(fh, lock)

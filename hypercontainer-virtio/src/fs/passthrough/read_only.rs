@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::open;
 use crate::fs::filesystem::{
-    Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, SetAttr, Statfs, XattrReply,
+    Context, DirSink, Entry, Errno, FileSystem, FsResult, Lock, ReadSink, SetAttr, Statfs,
+    WriteSource, XattrReply,
 };
 use crate::fs::fuse::Attr;
 
@@ -89,6 +90,29 @@ impl<F: FileSystem> FileSystem for ReadOnly<F> {
     fn write(&mut self, _: Context, _: u64, _: u64, _: u64, _: &[u8], _: bool) -> FsResult<u32> {
         Err(EROFS)
     }
+    fn read_into(
+        &mut self,
+        ctx: Context,
+        n: u64,
+        fh: u64,
+        off: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+    ) -> FsResult<usize> {
+        self.0.read_into(ctx, n, fh, off, size, sink)
+    }
+    fn write_from(
+        &mut self,
+        _: Context,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: &mut dyn WriteSource,
+        _: usize,
+        _: bool,
+    ) -> FsResult<u32> {
+        Err(EROFS)
+    }
     fn flush(&mut self, ctx: Context, n: u64, fh: u64, owner: u64) -> FsResult<()> {
         self.0.flush(ctx, n, fh, owner)
     }
@@ -156,6 +180,9 @@ impl<F: FileSystem> FileSystem for ReadOnly<F> {
         _: u64,
     ) -> FsResult<u32> {
         Err(EROFS)
+    }
+    fn syncfs(&mut self, ctx: Context, n: u64) -> FsResult<()> {
+        self.0.syncfs(ctx, n)
     }
     fn getlk(&mut self, ctx: Context, n: u64, fh: u64, owner: u64, l: Lock) -> FsResult<Lock> {
         self.0.getlk(ctx, n, fh, owner, l)

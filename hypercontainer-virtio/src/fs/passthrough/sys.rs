@@ -328,6 +328,12 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     cvt_long(ret).map(|n| n as usize)
 }
 
+/// `syncfs` of the filesystem holding `fd`.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain fd argument; no memory is shared with the kernel.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
 /// The effective uid of the process.
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.

@@ -207,10 +207,11 @@ fn setattr_changes_mode_times_and_size() {
 }
 
 #[test]
-fn statfs_access_fallocate_lseek_and_copy_file_range_work() {
+fn statfs_syncfs_access_fallocate_lseek_and_copy_file_range_work() {
     let s = Share::new();
     let mut c = s.client();
     let st = c.call(fuse::opcode::STATFS, ROOT_ID, &[]).unwrap();
+    c.call(fuse::opcode::SYNCFS, ROOT_ID, &[0u8; 8]).unwrap();
     assert!(crate::fs::test_client::parse::<fuse::StatfsOut>(&st).bsize > 0);
     let (f, fh) = c.create(ROOT_ID, "f", 0o644, libc::O_RDWR).unwrap();
     let fa = encode(&fuse::FallocateIn {
@@ -432,4 +433,42 @@ fn destroy_drops_every_node_and_handle() {
     .unwrap();
     assert_eq!(c.read(f.nodeid, fh, 0, 1).unwrap_err(), libc::EBADF);
     assert!(c.getattr(ROOT_ID).is_ok());
+}
+
+#[test]
+fn batch_forget_drops_several_nodes_and_fsyncdir_flushes_a_directory() {
+    let s = Share::new();
+    fs::write(s.path("a"), b"").unwrap();
+    fs::write(s.path("b"), b"").unwrap();
+    let mut c = s.client();
+    let a = c.lookup(ROOT_ID, "a").unwrap().nodeid;
+    let b = c.lookup(ROOT_ID, "b").unwrap().nodeid;
+    c.lookup(ROOT_ID, "b").unwrap();
+    let mut body = encode(&fuse::BatchForgetIn { count: 2, dummy: 0 });
+    body.extend(encode(&fuse::ForgetOne {
+        nodeid: a,
+        nlookup: 1,
+    }));
+    body.extend(encode(&fuse::ForgetOne {
+        nodeid: b,
+        nlookup: 1,
+    }));
+    let req = crate::fs::test_client::request(fuse::opcode::BATCH_FORGET, 99, 0, &body);
+    assert!(c.server.handle(&req).is_none(), "no reply to a forget");
+    assert_eq!(c.getattr(a).unwrap_err(), libc::EBADF);
+    assert_eq!(c.server.filesystem().lookup_count(b), 1);
+    let fh = c.opendir(ROOT_ID).unwrap();
+    let fsync = encode(&fuse::FsyncIn {
+        fh,
+        fsync_flags: fuse::FSYNC_FDATASYNC,
+        padding: 0,
+    });
+    c.call(fuse::opcode::FSYNCDIR, ROOT_ID, &fsync).unwrap();
+    // A file handle is not a directory handle, and the other way round.
+    assert_eq!(
+        c.call(fuse::opcode::FSYNC, ROOT_ID, &fsync).unwrap_err(),
+        libc::EBADF
+    );
+    assert_eq!(c.release(ROOT_ID, fh, false).unwrap_err(), libc::EBADF);
+    c.release(ROOT_ID, fh, true).unwrap();
 }
