@@ -135,6 +135,12 @@ fn an_anonymous_pull_imports_like_the_oci_archive_and_a_second_moves_no_layer_by
     assert!(final_states(&log.lock().unwrap())
         .iter()
         .all(|s| *s == LayerState::Verified));
+    // The store remembers what the reference named, without asking the registry.
+    assert_eq!(s.lookup(&r).unwrap().map(|i| i.id), Some(pulled.id.clone()));
+    assert_eq!(
+        s.references().unwrap(),
+        vec![(r.to_string(), pulled.id.clone())]
+    );
     // Downloaded blobs are dropped once the store holds the layers.
     assert_eq!(
         names(&s.root().join("downloads/blobs")),

@@ -350,8 +350,13 @@ impl ClientOptions {
     }
 
     /// Reports each layer's progress to `f`.
-    pub fn progress(mut self, f: impl Fn(&LayerProgress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
+    pub fn progress(self, f: impl Fn(&LayerProgress) + Send + Sync + 'static) -> Self {
+        self.progress_shared(Arc::new(f))
+    }
+
+    /// Reports each layer's progress to a shared callback.
+    pub fn progress_shared(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
         self
     }
 }
