@@ -206,6 +206,55 @@ fn basic_auth_uses_the_auth_file_and_says_what_to_do_without_it() {
 }
 
 #[test]
+fn tls_with_a_given_ca_and_basic_auth() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("{HTPASSWD_LINE}\n")).unwrap();
+    let reg = Registry::start_with(dir.path(), Some(&htpasswd), Some(&certs));
+    let src = format!(
+        "oci-archive:{}:{}",
+        image().oci_archive.display(),
+        image().tag
+    );
+    let creds = format!("--dest-creds={HTPASSWD_USER}:{HTPASSWD_PASSWORD}");
+    reg.seed(&src, "test/img:t", &[&creds]);
+    let r = reference(&reg.host(), "test/img:t");
+    let s = store(dir.path());
+    let login = || anonymous().credentials(Credentials::new(HTPASSWD_USER, HTPASSWD_PASSWORD));
+
+    // Loopback may fall back to plain HTTP, but a TLS-only registry with an
+    // unknown CA is reported as a TLS failure.
+    let e = s.pull(&r, &Client::new(login()).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Registry(RegistryError::Tls { .. })),
+        "{e:?}"
+    );
+    assert!(error_chain(&e).contains("ca_file"), "{e}");
+
+    let img = s
+        .pull(&r, &Client::new(login().ca_file(&certs.ca)).unwrap())
+        .unwrap();
+    assert_eq!(img.layers.len(), 3);
+    let e = store(&dir.path().join("2"))
+        .pull(
+            &r,
+            &Client::new(
+                anonymous()
+                    .ca_file(&certs.ca)
+                    .credentials(Credentials::new(HTPASSWD_USER, "nope")),
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Registry(RegistryError::AuthRefused { .. })),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn bearer_tokens_come_from_the_challenge_realm() {
     need_registry!();
     let dir = tempfile::tempdir().unwrap();
