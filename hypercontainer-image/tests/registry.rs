@@ -617,3 +617,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[test]
+fn hc_image_pulls_with_docker_like_progress_and_lists_images() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let store_dir = dir.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_hc-image");
+    let out = std::process::Command::new(bin)
+        .arg("pull")
+        .arg(&store_dir)
+        .arg(format!("{}/test/img:t", reg.host()))
+        .env("REGISTRY_AUTH_FILE", dir.path().join("none.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Pull complete"), "{stderr}");
+    assert!(stderr.contains("Digest: sha256:"), "{stderr}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = run(std::process::Command::new(bin)
+        .arg("images")
+        .arg(&store_dir));
+    assert_eq!(out, format!("{}/test/img:t\t{id}\n", reg.host()));
+}
