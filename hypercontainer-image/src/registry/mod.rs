@@ -181,7 +181,7 @@ pub enum RegistryError {
         what: String,
         /// The parse error.
         #[source]
-        source: ManifestError,
+        source: Box<ManifestError>,
     },
     /// An auth file could not be used.
     #[error("auth file {path:?}: {reason}")]
@@ -471,11 +471,11 @@ impl Client {
         if data.len() as u64 > limits.max_json_bytes {
             return Err(RegistryError::Manifest {
                 what,
-                source: ManifestError::TooLarge {
+                source: Box::new(ManifestError::TooLarge {
                     what: "manifest",
                     size: data.len() as u64,
                     limit: limits.max_json_bytes,
-                },
+                }),
             });
         }
         let algorithm = expected
@@ -521,7 +521,7 @@ impl Client {
             let want = manifest::descriptor_digest("image index", &d).map_err(|source| {
                 RegistryError::Manifest {
                     what: format!("index of {}", r.familiar()),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             let (mt, got, bytes) =
@@ -553,7 +553,7 @@ impl Client {
         let m = manifest::parse_manifest(&data, limits.max_json_bytes).map_err(|source| {
             RegistryError::Manifest {
                 what: format!("manifest of {}", r.familiar()),
-                source,
+                source: Box::new(source),
             }
         })?;
         let blobs = target.layout.join("blobs").join("sha256");
@@ -583,18 +583,18 @@ impl Client {
         let digest = manifest::descriptor_digest("image manifest", d).map_err(|source| {
             RegistryError::Manifest {
                 what: what.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let max = target.limits.max_json_bytes;
         if d.size() > max {
             return Err(RegistryError::Manifest {
                 what,
-                source: ManifestError::TooLarge {
+                source: Box::new(ManifestError::TooLarge {
                     what: "image config",
                     size: d.size(),
                     limit: max,
-                },
+                }),
             });
         }
         let resp = t.get(&format!("blobs/{digest}"), &[], &what)?;
@@ -612,7 +612,7 @@ impl Client {
         let (config, diff_ids) =
             manifest::parse_config(&data, max).map_err(|source| RegistryError::Manifest {
                 what: format!("config of {}", r.familiar()),
-                source,
+                source: Box::new(source),
             })?;
         if !target.platform.matches_config(&config) {
             return Err(RegistryError::NoPlatform {
@@ -624,14 +624,14 @@ impl Client {
         if diff_ids.len() != m.layers().len() || m.layers().len() > target.limits.max_layers {
             return Err(RegistryError::Manifest {
                 what: format!("manifest of {}", r.familiar()),
-                source: ManifestError::Invalid {
+                source: Box::new(ManifestError::Invalid {
                     what: "image manifest",
                     reason: format!(
                         "{} layers and {} diff_ids",
                         m.layers().len(),
                         diff_ids.len()
                     ),
-                },
+                }),
             });
         }
         write_blob(blobs, &digest, &data)?;
@@ -661,7 +661,7 @@ impl Client {
             let digest = manifest::descriptor_digest("image manifest", d).map_err(|source| {
                 RegistryError::Manifest {
                     what: format!("layer {i}"),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             if seen.insert(digest.clone()) {
@@ -709,7 +709,7 @@ fn pick_platform(
     let idx = manifest::parse_index(data, limits.max_json_bytes).map_err(|source| {
         RegistryError::Manifest {
             what: format!("index of {}", r.familiar()),
-            source,
+            source: Box::new(source),
         }
     })?;
     let usable = |d: &&Descriptor| {
