@@ -642,3 +642,33 @@ fn hc_image_pulls_with_docker_like_progress_and_lists_images() {
         .arg(&store_dir));
     assert_eq!(out, format!("{}/test/img:t\t{id}\n", reg.host()));
 }
+
+#[test]
+fn a_layer_over_the_size_cap_is_refused_before_downloading() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let proxy = Proxy::start(reg.addr, Mode::Pass);
+    let s = ImageStore::builder(dir.path().join("store"))
+        .erofs(None)
+        .limits(hypercontainer_image::Limits {
+            max_layer_bytes: 10_000,
+            ..Default::default()
+        })
+        .open()
+        .unwrap();
+    let e = s
+        .pull(
+            &reference(&proxy.host(), "test/img:t"),
+            &Client::new(anonymous()).unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Registry(RegistryError::Manifest { .. })),
+        "{e:?}"
+    );
+    let seen = proxy.take_seen();
+    for (d, _) in layers() {
+        assert_eq!(Proxy::blob_bytes(&seen, &d), 0);
+    }
+}

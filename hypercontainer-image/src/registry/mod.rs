@@ -664,6 +664,18 @@ impl Client {
                     source: Box::new(source),
                 }
             })?;
+            // Compressed bytes never exceed the uncompressed cap by much;
+            // refuse a hostile size before downloading anything.
+            if d.size() > target.limits.max_layer_bytes {
+                return Err(RegistryError::Manifest {
+                    what: format!("layer {i}"),
+                    source: Box::new(ManifestError::TooLarge {
+                        what: "layer blob",
+                        size: d.size(),
+                        limit: target.limits.max_layer_bytes,
+                    }),
+                });
+            }
             if seen.insert(digest.clone()) {
                 todo.push((i, digest, d.size(), diff_id.clone()));
             }
