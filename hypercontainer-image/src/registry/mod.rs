@@ -539,7 +539,7 @@ impl Client {
             (media_type, digest, data) = (mt, got, bytes);
         }
         if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST && !media_type.is_empty() {
-            let hint = if media_type.contains("manifest.v1") {
+            let hint = if media_type.contains("distribution.manifest.v1") {
                 ": schema 1 manifests are not supported; push the image again with a current client"
             } else {
                 ""
@@ -556,8 +556,7 @@ impl Client {
                 source: Box::new(source),
             }
         })?;
-        let blobs = target.layout.join("blobs").join("sha256");
-        std::fs::create_dir_all(&blobs).map_err(io_err("creating", &blobs))?;
+        let blobs = target.layout.join("blobs");
         write_blob(&blobs, &digest, &data)?;
         let (config_digest, diff_ids) = self.fetch_config(&t, r, &m, &blobs, target)?;
         let fetched = self.fetch_layers(&t, &m, &diff_ids, &blobs, target)?;
@@ -755,8 +754,15 @@ fn pick_platform(
     }
 }
 
+/// `<layout>/blobs/<alg>/<hex>`, its directory created.
+pub(crate) fn layout_blob_path(blobs: &Path, digest: &Digest) -> Result<PathBuf> {
+    let dir = blobs.join(digest.algorithm().as_str());
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    Ok(dir.join(digest.hex()))
+}
+
 fn write_blob(blobs: &Path, digest: &Digest, data: &[u8]) -> Result<()> {
-    let p = blobs.join(digest.hex());
+    let p = layout_blob_path(blobs, digest)?;
     std::fs::write(&p, data).map_err(io_err("writing", &p))
 }
 
