@@ -64,6 +64,10 @@ fn layout(dir: &Path) -> PathBuf {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
         b.append_data(&mut h, format!("layer{i}.bin"), &data[..])
             .unwrap();
