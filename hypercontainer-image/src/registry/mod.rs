@@ -40,6 +40,7 @@
 
 pub mod auth;
 mod blob;
+mod error;
 pub mod reference;
 mod transport;
 
@@ -60,160 +61,7 @@ use crate::manifest::{self, ManifestError, Platform};
 use blob::Downloads;
 use transport::{Endpoint, Transport};
 
-/// Errors from talking to a registry.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry could not be reached (DNS, connection, timeout, broken transfer).
-    #[error(
-        "cannot reach registry {registry}: {reason}; check the name, the network and any proxy"
-    )]
-    Unreachable {
-        /// The registry.
-        registry: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The TLS handshake failed (unknown CA, wrong name, plain HTTP server).
-    #[error(
-        "TLS with registry {registry} failed: {reason}; give its CA with ClientOptions::ca_file, \
-         or mark it insecure if it only speaks plain HTTP"
-    )]
-    Tls {
-        /// The registry.
-        registry: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The registry wants credentials and none were found.
-    #[error(
-        "authentication required by {registry}: run `podman login {registry}` or set REGISTRY_AUTH_FILE"
-    )]
-    AuthRequired {
-        /// The registry.
-        registry: String,
-    },
-    /// The registry refused the credentials.
-    #[error(
-        "registry {registry} refused the credentials of {username:?}: check them with \
-         `podman login {registry}`"
-    )]
-    AuthRefused {
-        /// The registry.
-        registry: String,
-        /// The user name tried.
-        username: String,
-    },
-    /// The token service could not give a token.
-    #[error("getting a token from {realm}: {reason}")]
-    Token {
-        /// The token service URL.
-        realm: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The name, tag, digest or blob does not exist (or is private).
-    #[error(
-        "{what} not found: check the repository name and tag (private repositories need a login)"
-    )]
-    NotFound {
-        /// What was asked for.
-        what: String,
-    },
-    /// The registry denied access.
-    #[error("access to {what} denied: the credentials lack pull rights")]
-    Denied {
-        /// What was asked for.
-        what: String,
-    },
-    /// Another HTTP error status.
-    #[error("registry answered {status} for {what} ({codes})")]
-    Status {
-        /// What was asked for.
-        what: String,
-        /// HTTP status.
-        status: u16,
-        /// Distribution API error codes from the body.
-        codes: String,
-    },
-    /// A pinned manifest (or one with `Docker-Content-Digest`) has other bytes.
-    #[error("manifest of {reference} has digest {actual}, not {expected}: refusing it")]
-    ManifestDigest {
-        /// The reference.
-        reference: String,
-        /// The digest it should have.
-        expected: String,
-        /// The digest of what was received.
-        actual: String,
-    },
-    /// A blob or manifest failed size or digest verification.
-    #[error("verifying {what}")]
-    Verify {
-        /// Which blob.
-        what: String,
-        /// The verification error.
-        #[source]
-        source: DigestError,
-    },
-    /// The index has no image for the wanted platform.
-    #[error("{reference} has no image for {wanted}; it has: {available}")]
-    NoPlatform {
-        /// The reference.
-        reference: String,
-        /// The platform asked for.
-        wanted: String,
-        /// The platforms in the index.
-        available: String,
-    },
-    /// The manifest's media type is not one this client can use.
-    #[error("{reference}: unsupported manifest type {media_type:?}{hint}")]
-    UnsupportedManifest {
-        /// The reference.
-        reference: String,
-        /// The media type received.
-        media_type: String,
-        /// What to do.
-        hint: &'static str,
-    },
-    /// A document is malformed or over its cap.
-    #[error("parsing {what}")]
-    Manifest {
-        /// Which document.
-        what: String,
-        /// The parse error.
-        #[source]
-        source: Box<ManifestError>,
-    },
-    /// An auth file could not be used.
-    #[error("auth file {path:?}: {reason}")]
-    AuthFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A CA file could not be used.
-    #[error("CA file {path:?}: {reason}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A local file operation failed.
-    #[error("{op} {path:?}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Result alias for this module.
-pub type Result<T> = std::result::Result<T, RegistryError>;
+pub use error::{RegistryError, Result};
 
 /// Locks a mutex, ignoring poisoning (the data are plain values).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -791,4 +639,73 @@ fn write_layout(layout: &Path, media_type: &str, digest: &Digest, size: u64) -> 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError {
     let path = path.to_owned();
     move |source| RegistryError::Io { op, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const M2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn list(entries: &[(&str, Option<(&str, &str)>)]) -> Vec<u8> {
+        let manifests: Vec<_> = entries
+            .iter()
+            .map(|(d, p)| {
+                let mut e = serde_json::json!({
+                    "mediaType": DOCKER_MANIFEST, "digest": d, "size": 10,
+                });
+                if let Some((os, arch)) = p {
+                    e["platform"] = serde_json::json!({"os": os, "architecture": arch});
+                }
+                e
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": manifests,
+        }))
+        .unwrap()
+    }
+
+    fn pick(data: &[u8], arch: &str) -> Result<String> {
+        let r: Reference = "example.com/app".parse().unwrap();
+        let p = Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+        };
+        pick_platform(&r, data, &p, &Limits::default()).map(|d| d.digest().to_string())
+    }
+
+    #[test]
+    fn the_wanted_platform_is_picked_from_a_list() {
+        let data = list(&[
+            (M1, Some(("linux", "arm64"))),
+            (M2, Some(("linux", "amd64"))),
+        ]);
+        assert_eq!(pick(&data, "amd64").unwrap(), M2);
+        assert_eq!(pick(&data, "arm64").unwrap(), M1);
+        match pick(&data, "s390x") {
+            Err(RegistryError::NoPlatform {
+                wanted, available, ..
+            }) => {
+                assert_eq!(wanted, "linux/s390x");
+                assert_eq!(available, "linux/arm64, linux/amd64");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_without_a_platform_are_a_fallback() {
+        let data = list(&[(M1, None), (M2, Some(("linux", "amd64")))]);
+        assert_eq!(pick(&data, "amd64").unwrap(), M2);
+        assert_eq!(pick(&data, "riscv64").unwrap(), M1);
+    }
+
+    #[test]
+    fn untyped_documents_are_told_apart_by_their_fields() {
+        assert!(is_untyped_index("", &list(&[(M1, None)])));
+        assert!(!is_untyped_index("", br#"{"schemaVersion":2,"layers":[]}"#));
+        assert!(!is_untyped_index(OCI_MANIFEST, &list(&[(M1, None)])));
+    }
 }
