@@ -672,3 +672,33 @@ fn a_layer_over_the_size_cap_is_refused_before_downloading() {
         assert_eq!(Proxy::blob_bytes(&seen, &d), 0);
     }
 }
+
+#[test]
+fn concurrent_pulls_from_two_processes_share_one_download() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let proxy = Proxy::start(reg.addr, Mode::Pass);
+    let store_dir = dir.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_hc-image");
+    let spawn = || {
+        std::process::Command::new(bin)
+            .arg("pull")
+            .arg(&store_dir)
+            .arg(format!("{}/test/img:t", proxy.host()))
+            .env("REGISTRY_AUTH_FILE", dir.path().join("none.json"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(a.stdout, b.stdout, "the same image ID");
+    let seen = proxy.take_seen();
+    for (d, size) in layers() {
+        assert_eq!(Proxy::blob_bytes(&seen, &d), size, "{d} downloaded once");
+    }
+}
