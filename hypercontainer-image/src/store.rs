@@ -672,9 +672,10 @@ impl ImageStore {
         }
     }
 
-    /// Removes layers no image references and scratch left by interrupted
-    /// imports. Waits for running imports to finish and blocks new ones
-    /// meanwhile.
+    /// Removes layers no image references, scratch left by interrupted
+    /// imports, and the download directory's leftovers (partial downloads
+    /// of failed pulls are not resumed after a gc). Waits for running
+    /// imports and pulls to finish and blocks new ones meanwhile.
     pub fn gc(&self) -> Result<GcReport> {
         let _excl = self.global_lock(true)?;
         let mut referenced = std::collections::HashSet::new();
@@ -710,7 +711,7 @@ impl ImageStore {
             report.scratch_removed += 1;
         }
         report.scratch_removed -= report.layers_removed.len().min(report.scratch_removed);
-        for sub in ["blobs", "partial"] {
+        for sub in ["blobs", "partial", "locks"] {
             let d = self.root.join("downloads").join(sub);
             if let Ok(entries) = fs::read_dir(&d) {
                 for e in entries.flatten() {

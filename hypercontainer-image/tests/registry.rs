@@ -702,3 +702,23 @@ fn concurrent_pulls_from_two_processes_share_one_download() {
         assert_eq!(Proxy::blob_bytes(&seen, &d), size, "{d} downloaded once");
     }
 }
+
+#[test]
+fn gc_clears_what_failed_pulls_left_in_downloads() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let proxy = Proxy::start(reg.addr, Mode::CutOnce { after: 100_000 });
+    let s = store(dir.path());
+    let r = reference(&proxy.host(), "test/img:t");
+    s.pull(&r, &Client::new(anonymous().retries(0)).unwrap())
+        .unwrap_err();
+    assert!(!names(&s.root().join("downloads/partial")).is_empty());
+    s.gc().unwrap();
+    for sub in ["partial", "blobs", "locks"] {
+        assert_eq!(
+            names(&s.root().join("downloads").join(sub)),
+            Vec::<String>::new()
+        );
+    }
+}
