@@ -7,7 +7,11 @@
 //!     IMAGE [CMD...]
 //! ```
 //!
-//! IMAGE is `oci:PATH[:TAG]` (an OCI image layout directory),
+//! IMAGE is a registry reference (`busybox`, `nginx:1.25`,
+//! `registry.example:5000/team/app@sha256:...`, pulled on first use and
+//! shown as `docker pull` does; `--pull always|missing|never`,
+//! `--insecure-registry HOST[:PORT]`, `--registry-ca FILE`),
+//! `oci:PATH[:TAG]` (an OCI image layout directory),
 //! `oci-archive:PATH[:TAG]` or `docker-archive:PATH[:REF]`. `-i` forwards
 //! stdin; `-t` runs the process on a terminal (the local terminal is put in
 //! raw mode while it runs). `--timings` prints the boot-stage timings on
@@ -105,7 +109,17 @@ struct Args {
     /// Most processes and threads in the container.
     #[arg(long = "pids-limit", value_name = "N")]
     pids_limit: Option<i64>,
-    /// The image: oci:PATH[:TAG], oci-archive:PATH[:TAG] or docker-archive:PATH[:REF].
+    /// When to pull registry images: always, missing (default) or never.
+    #[arg(long, default_value = "missing")]
+    pull: String,
+    /// Allow plain HTTP to this registry (HOST[:PORT]); repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// Trust this CA (PEM) for registries, besides the system's; repeatable.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    registry_ca: Vec<std::path::PathBuf>,
+    /// The image: NAME[:TAG][@DIGEST] (a registry), oci:PATH[:TAG],
+    /// oci-archive:PATH[:TAG] or docker-archive:PATH[:REF].
     image: String,
     /// The command and its arguments (default: the image's).
     #[arg(allow_hyphen_values = true)]
@@ -201,9 +215,44 @@ fn to(mut w: impl Write + Send + 'static) -> Output {
     }))
 }
 
+/// Prints layer progress on stderr as `docker pull` does: a line per layer
+/// and change of state.
+fn pull_progress(p: &hypercontainer_image::LayerProgress) {
+    use hypercontainer_image::LayerState::*;
+    let what = match p.state {
+        Waiting => "Waiting".to_string(),
+        Cached => "Already exists".to_string(),
+        Downloading if p.done == 0 => "Pulling fs layer".to_string(),
+        Downloading => return,
+        Resumed { from } => format!("Resuming at {from} of {} bytes", p.total),
+        Shared | Verified => "Pull complete".to_string(),
+    };
+    eprintln!("{}: {what}", &p.digest.hex()[..12]);
+}
+
+fn registry_options(a: &Args) -> hypercontainer_image::ClientOptions {
+    let mut o = hypercontainer_image::ClientOptions::new();
+    for r in &a.insecure_registry {
+        o = o.insecure(r.clone());
+    }
+    for c in &a.registry_ca {
+        o = o.ca_file(c.clone());
+    }
+    o
+}
+
 fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
+    use hypercontainer::sandbox::PullPolicy;
+    let policy = match a.pull.as_str() {
+        "always" => PullPolicy::Always,
+        "never" => PullPolicy::Never,
+        _ => PullPolicy::Missing,
+    };
     let mut b = Sandbox::builder()
         .image(a.image.parse()?)
+        .pull_policy(policy)
+        .registry(registry_options(&a))
+        .pull_progress(pull_progress)
         .vcpus(a.cpus)
         .memory_mib(a.memory)
         .stdin(a.interactive)

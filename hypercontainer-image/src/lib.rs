@@ -10,6 +10,10 @@
 //!   Every JSON document is size-capped, and every blob is verified by size
 //!   then digest before it is used; digests are validated against the OCI
 //!   grammar before they become paths ([`Digest`]).
+//! - [`registry`] pulls images by name from OCI registries (Distribution
+//!   API v2) with Docker's reference rules, podman's credential files,
+//!   resumable verified downloads shared between pulls, and
+//!   [`ImageStore::pull`] imports them like an OCI layout.
 //! - [`apply_layer`] applies one layer (tar, gzip, zstd) safely onto a
 //!   directory, refusing hostile archives, and checks its diff_id.
 //! - [`ImageStore`] caches each layer once by diff_id (as an unpacked tree

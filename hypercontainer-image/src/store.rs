@@ -10,6 +10,7 @@
 //!     tree/                        the unpacked tree, if kept
 //! images/sha256/<config hex>.json  one record per image (config digest = image ID)
 //! locks/<alg>-<hex>.lock           per-layer build locks
+//! refs/<sha256 of name>.json       which image a pulled reference last named
 //! downloads/                       registry pulls: partial and verified blobs, per-blob locks
 //! tmp/                             scratch space; never read as cache entries
 //! ```
@@ -65,6 +66,12 @@ pub enum StoreError {
     /// Pulling from a registry failed.
     #[error("pulling from the registry")]
     Registry(#[from] RegistryError),
+    /// The reference was never pulled into this store and pulling is off.
+    #[error("image {reference} is not in the image store and pulling is off: pull it first")]
+    NotPulled {
+        /// The reference.
+        reference: String,
+    },
     /// Building a layer's filesystem image failed.
     #[error("building the EROFS image of layer {diff_id}")]
     Erofs {
@@ -179,6 +186,13 @@ struct ImageRecord {
     layers: Vec<LayerRecord>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct RefRecord {
+    reference: String,
+    id: Digest,
+    manifest_digest: Option<Digest>,
+}
+
 /// What [`ImageStore::gc`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -254,6 +268,7 @@ impl ImageStoreBuilder {
             "images/sha256",
             "images/sha512",
             "locks",
+            "refs",
             "tmp",
         ] {
             let p = s.root.join(d);
@@ -402,10 +417,63 @@ impl ImageStore {
                 None,
             )?;
             registry::release_downloads(&downloads, &pulled.fetched)?;
+            self.write_ref(reference, &img)?;
             Ok(img)
         })();
         let _ = sys::remove_tree(&layout);
         result
+    }
+
+    fn ref_file(&self, reference: &Reference) -> PathBuf {
+        let key = Digest::sha256_of(reference.to_string().as_bytes());
+        self.root.join("refs").join(format!("{}.json", key.hex()))
+    }
+
+    fn write_ref(&self, reference: &Reference, img: &Image) -> Result<()> {
+        let rec = RefRecord {
+            reference: reference.to_string(),
+            id: img.id.clone(),
+            manifest_digest: img.manifest_digest.clone(),
+        };
+        let path = self.ref_file(reference);
+        let data = serde_json::to_vec_pretty(&rec).map_err(|source| StoreError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        self.write_atomic(&path, &data)
+    }
+
+    /// The image `reference` named when it was last pulled into this store,
+    /// if it is still here (no registry is asked).
+    pub fn lookup(&self, reference: &Reference) -> Result<Option<Image>> {
+        let path = self.ref_file(reference);
+        let rec: RefRecord = match read_capped(&path, 64 << 10) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map_err(|source| StoreError::Corrupt { path, source })?,
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        self.get(&rec.id)
+    }
+
+    /// The references pulled into this store and the image ID each names,
+    /// sorted by reference.
+    pub fn references(&self) -> Result<Vec<(String, Digest)>> {
+        let dir = self.root.join("refs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let e = e.map_err(io_err("listing", &dir))?;
+            let Ok(data) = read_capped(&e.path(), 64 << 10) else {
+                continue;
+            };
+            if let Ok(rec) = serde_json::from_slice::<RefRecord>(&data) {
+                out.push((rec.reference, rec.id));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn layer_complete(&self, dir: &Path) -> bool {
@@ -604,9 +672,10 @@ impl ImageStore {
         }
     }
 
-    /// Removes layers no image references and scratch left by interrupted
-    /// imports. Waits for running imports to finish and blocks new ones
-    /// meanwhile.
+    /// Removes layers no image references, scratch left by interrupted
+    /// imports, and the download directory's leftovers (partial downloads
+    /// of failed pulls are not resumed after a gc). Waits for running
+    /// imports and pulls to finish and blocks new ones meanwhile.
     pub fn gc(&self) -> Result<GcReport> {
         let _excl = self.global_lock(true)?;
         let mut referenced = std::collections::HashSet::new();
@@ -642,7 +711,7 @@ impl ImageStore {
             report.scratch_removed += 1;
         }
         report.scratch_removed -= report.layers_removed.len().min(report.scratch_removed);
-        for sub in ["blobs", "partial"] {
+        for sub in ["blobs", "partial", "locks"] {
             let d = self.root.join("downloads").join(sub);
             if let Ok(entries) = fs::read_dir(&d) {
                 for e in entries.flatten() {

@@ -135,6 +135,12 @@ fn an_anonymous_pull_imports_like_the_oci_archive_and_a_second_moves_no_layer_by
     assert!(final_states(&log.lock().unwrap())
         .iter()
         .all(|s| *s == LayerState::Verified));
+    // The store remembers what the reference named, without asking the registry.
+    assert_eq!(s.lookup(&r).unwrap().map(|i| i.id), Some(pulled.id.clone()));
+    assert_eq!(
+        s.references().unwrap(),
+        vec![(r.to_string(), pulled.id.clone())]
+    );
     // Downloaded blobs are dropped once the store holds the layers.
     assert_eq!(
         names(&s.root().join("downloads/blobs")),
@@ -197,6 +203,55 @@ fn basic_auth_uses_the_auth_file_and_says_what_to_do_without_it() {
     let client = Client::new(ClientOptions::new().auth_files(vec![good])).unwrap();
     let img = s.pull(&r, &client).unwrap();
     assert_eq!(img.layers.len(), 3);
+}
+
+#[test]
+fn tls_with_a_given_ca_and_basic_auth() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("{HTPASSWD_LINE}\n")).unwrap();
+    let reg = Registry::start_with(dir.path(), Some(&htpasswd), Some(&certs));
+    let src = format!(
+        "oci-archive:{}:{}",
+        image().oci_archive.display(),
+        image().tag
+    );
+    let creds = format!("--dest-creds={HTPASSWD_USER}:{HTPASSWD_PASSWORD}");
+    reg.seed(&src, "test/img:t", &[&creds]);
+    let r = reference(&reg.host(), "test/img:t");
+    let s = store(dir.path());
+    let login = || anonymous().credentials(Credentials::new(HTPASSWD_USER, HTPASSWD_PASSWORD));
+
+    // Loopback may fall back to plain HTTP, but a TLS-only registry with an
+    // unknown CA is reported as a TLS failure.
+    let e = s.pull(&r, &Client::new(login()).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Registry(RegistryError::Tls { .. })),
+        "{e:?}"
+    );
+    assert!(error_chain(&e).contains("ca_file"), "{e}");
+
+    let img = s
+        .pull(&r, &Client::new(login().ca_file(&certs.ca)).unwrap())
+        .unwrap();
+    assert_eq!(img.layers.len(), 3);
+    let e = store(&dir.path().join("2"))
+        .pull(
+            &r,
+            &Client::new(
+                anonymous()
+                    .ca_file(&certs.ca)
+                    .credentials(Credentials::new(HTPASSWD_USER, "nope")),
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Registry(RegistryError::AuthRefused { .. })),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -561,4 +616,109 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[test]
+fn hc_image_pulls_with_docker_like_progress_and_lists_images() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let store_dir = dir.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_hc-image");
+    let out = std::process::Command::new(bin)
+        .arg("pull")
+        .arg(&store_dir)
+        .arg(format!("{}/test/img:t", reg.host()))
+        .env("REGISTRY_AUTH_FILE", dir.path().join("none.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Pull complete"), "{stderr}");
+    assert!(stderr.contains("Digest: sha256:"), "{stderr}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = run(std::process::Command::new(bin)
+        .arg("images")
+        .arg(&store_dir));
+    assert_eq!(out, format!("{}/test/img:t\t{id}\n", reg.host()));
+}
+
+#[test]
+fn a_layer_over_the_size_cap_is_refused_before_downloading() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let proxy = Proxy::start(reg.addr, Mode::Pass);
+    let s = ImageStore::builder(dir.path().join("store"))
+        .erofs(None)
+        .limits(hypercontainer_image::Limits {
+            max_layer_bytes: 10_000,
+            ..Default::default()
+        })
+        .open()
+        .unwrap();
+    let e = s
+        .pull(
+            &reference(&proxy.host(), "test/img:t"),
+            &Client::new(anonymous()).unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Registry(RegistryError::Manifest { .. })),
+        "{e:?}"
+    );
+    let seen = proxy.take_seen();
+    for (d, _) in layers() {
+        assert_eq!(Proxy::blob_bytes(&seen, &d), 0);
+    }
+}
+
+#[test]
+fn concurrent_pulls_from_two_processes_share_one_download() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let proxy = Proxy::start(reg.addr, Mode::Pass);
+    let store_dir = dir.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_hc-image");
+    let spawn = || {
+        std::process::Command::new(bin)
+            .arg("pull")
+            .arg(&store_dir)
+            .arg(format!("{}/test/img:t", proxy.host()))
+            .env("REGISTRY_AUTH_FILE", dir.path().join("none.json"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(a.stdout, b.stdout, "the same image ID");
+    let seen = proxy.take_seen();
+    for (d, size) in layers() {
+        assert_eq!(Proxy::blob_bytes(&seen, &d), size, "{d} downloaded once");
+    }
+}
+
+#[test]
+fn gc_clears_what_failed_pulls_left_in_downloads() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = seeded(dir.path());
+    let proxy = Proxy::start(reg.addr, Mode::CutOnce { after: 100_000 });
+    let s = store(dir.path());
+    let r = reference(&proxy.host(), "test/img:t");
+    s.pull(&r, &Client::new(anonymous().retries(0)).unwrap())
+        .unwrap_err();
+    assert!(!names(&s.root().join("downloads/partial")).is_empty());
+    s.gc().unwrap();
+    for sub in ["partial", "blobs", "locks"] {
+        assert_eq!(
+            names(&s.root().join("downloads").join(sub)),
+            Vec::<String>::new()
+        );
+    }
 }

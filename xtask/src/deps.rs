@@ -29,6 +29,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "skopeo",
     // a real registry on loopback for the registry pull tests (distribution 2.8)
     "docker-registry",
+    "openssl",
     // the default seccomp profile of containers (/usr/share/containers/seccomp.json)
     "golang-github-containers-common",
 ];

@@ -91,6 +91,9 @@ pub fn build() -> Result<Vec<TestBinary>> {
 /// their libraries), and the files those tools read.
 const TOOLS: &[&str] = &["mke2fs", "debugfs"];
 const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf"];
+/// Host programs packed when installed; the tests that need them skip
+/// without (the registry pull test runs Debian's `docker-registry`).
+const OPTIONAL_TOOLS: &[&str] = &["/usr/bin/docker-registry"];
 
 /// Static programs the whole-VM tests put into their guests, built from C
 /// with the system compiler: (environment variable naming the binary,
@@ -259,6 +262,9 @@ pub fn with_test_tools(mut builder: TestHostBuilder) -> Result<TestHostBuilder> 
     }
     for f in TOOL_FILES.iter().map(Path::new).filter(|f| f.is_file()) {
         builder = builder.include(f);
+    }
+    for p in OPTIONAL_TOOLS.iter().map(Path::new).filter(|p| p.is_file()) {
+        builder = builder.executable(p);
     }
     for (var, bin) in guest_helpers()? {
         builder = builder.include(&bin).env(

@@ -305,7 +305,7 @@ fn range_start(v: &str) -> Option<u64> {
 pub(crate) type Job = (usize, Digest, u64, Digest);
 
 /// Fetches `todo` with at most `opts.jobs` threads, linking each blob into
-/// `blobs`; returns the digests that were downloaded or shared (not those
+/// the layout's `blobs/`; returns the digests that were downloaded or shared (not those
 /// the store already had). The first error stops the other threads after
 /// their current blob.
 pub(crate) fn fetch_parallel(
@@ -334,7 +334,13 @@ pub(crate) fn fetch_parallel(
         };
         let mut p = LayerProgress::new(*index, digest, *size);
         report(&p);
-        let link = blobs.join(digest.hex());
+        let link = match super::layout_blob_path(blobs, digest) {
+            Ok(l) => l,
+            Err(e) => {
+                lock(&failed).get_or_insert(e);
+                return;
+            }
+        };
         let not_needed = || (target.have_layer)(diff_id);
         let w = Wanted {
             digest,

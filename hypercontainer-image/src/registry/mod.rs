@@ -40,6 +40,7 @@
 
 pub mod auth;
 mod blob;
+mod error;
 pub mod reference;
 mod transport;
 
@@ -60,160 +61,7 @@ use crate::manifest::{self, ManifestError, Platform};
 use blob::Downloads;
 use transport::{Endpoint, Transport};
 
-/// Errors from talking to a registry.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry could not be reached (DNS, connection, timeout, broken transfer).
-    #[error(
-        "cannot reach registry {registry}: {reason}; check the name, the network and any proxy"
-    )]
-    Unreachable {
-        /// The registry.
-        registry: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The TLS handshake failed (unknown CA, wrong name, plain HTTP server).
-    #[error(
-        "TLS with registry {registry} failed: {reason}; give its CA with ClientOptions::ca_file, \
-         or mark it insecure if it only speaks plain HTTP"
-    )]
-    Tls {
-        /// The registry.
-        registry: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The registry wants credentials and none were found.
-    #[error(
-        "authentication required by {registry}: run `podman login {registry}` or set REGISTRY_AUTH_FILE"
-    )]
-    AuthRequired {
-        /// The registry.
-        registry: String,
-    },
-    /// The registry refused the credentials.
-    #[error(
-        "registry {registry} refused the credentials of {username:?}: check them with \
-         `podman login {registry}`"
-    )]
-    AuthRefused {
-        /// The registry.
-        registry: String,
-        /// The user name tried.
-        username: String,
-    },
-    /// The token service could not give a token.
-    #[error("getting a token from {realm}: {reason}")]
-    Token {
-        /// The token service URL.
-        realm: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The name, tag, digest or blob does not exist (or is private).
-    #[error(
-        "{what} not found: check the repository name and tag (private repositories need a login)"
-    )]
-    NotFound {
-        /// What was asked for.
-        what: String,
-    },
-    /// The registry denied access.
-    #[error("access to {what} denied: the credentials lack pull rights")]
-    Denied {
-        /// What was asked for.
-        what: String,
-    },
-    /// Another HTTP error status.
-    #[error("registry answered {status} for {what} ({codes})")]
-    Status {
-        /// What was asked for.
-        what: String,
-        /// HTTP status.
-        status: u16,
-        /// Distribution API error codes from the body.
-        codes: String,
-    },
-    /// A pinned manifest (or one with `Docker-Content-Digest`) has other bytes.
-    #[error("manifest of {reference} has digest {actual}, not {expected}: refusing it")]
-    ManifestDigest {
-        /// The reference.
-        reference: String,
-        /// The digest it should have.
-        expected: String,
-        /// The digest of what was received.
-        actual: String,
-    },
-    /// A blob or manifest failed size or digest verification.
-    #[error("verifying {what}")]
-    Verify {
-        /// Which blob.
-        what: String,
-        /// The verification error.
-        #[source]
-        source: DigestError,
-    },
-    /// The index has no image for the wanted platform.
-    #[error("{reference} has no image for {wanted}; it has: {available}")]
-    NoPlatform {
-        /// The reference.
-        reference: String,
-        /// The platform asked for.
-        wanted: String,
-        /// The platforms in the index.
-        available: String,
-    },
-    /// The manifest's media type is not one this client can use.
-    #[error("{reference}: unsupported manifest type {media_type:?}{hint}")]
-    UnsupportedManifest {
-        /// The reference.
-        reference: String,
-        /// The media type received.
-        media_type: String,
-        /// What to do.
-        hint: &'static str,
-    },
-    /// A document is malformed or over its cap.
-    #[error("parsing {what}")]
-    Manifest {
-        /// Which document.
-        what: String,
-        /// The parse error.
-        #[source]
-        source: ManifestError,
-    },
-    /// An auth file could not be used.
-    #[error("auth file {path:?}: {reason}")]
-    AuthFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A CA file could not be used.
-    #[error("CA file {path:?}: {reason}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A local file operation failed.
-    #[error("{op} {path:?}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Result alias for this module.
-pub type Result<T> = std::result::Result<T, RegistryError>;
+pub use error::{RegistryError, Result};
 
 /// Locks a mutex, ignoring poisoning (the data are plain values).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -350,8 +198,13 @@ impl ClientOptions {
     }
 
     /// Reports each layer's progress to `f`.
-    pub fn progress(mut self, f: impl Fn(&LayerProgress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
+    pub fn progress(self, f: impl Fn(&LayerProgress) + Send + Sync + 'static) -> Self {
+        self.progress_shared(Arc::new(f))
+    }
+
+    /// Reports each layer's progress to a shared callback.
+    pub fn progress_shared(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
         self
     }
 }
@@ -466,11 +319,11 @@ impl Client {
         if data.len() as u64 > limits.max_json_bytes {
             return Err(RegistryError::Manifest {
                 what,
-                source: ManifestError::TooLarge {
+                source: Box::new(ManifestError::TooLarge {
                     what: "manifest",
                     size: data.len() as u64,
                     limit: limits.max_json_bytes,
-                },
+                }),
             });
         }
         let algorithm = expected
@@ -516,7 +369,7 @@ impl Client {
             let want = manifest::descriptor_digest("image index", &d).map_err(|source| {
                 RegistryError::Manifest {
                     what: format!("index of {}", r.familiar()),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             let (mt, got, bytes) =
@@ -534,7 +387,7 @@ impl Client {
             (media_type, digest, data) = (mt, got, bytes);
         }
         if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST && !media_type.is_empty() {
-            let hint = if media_type.contains("manifest.v1") {
+            let hint = if media_type.contains("distribution.manifest.v1") {
                 ": schema 1 manifests are not supported; push the image again with a current client"
             } else {
                 ""
@@ -548,11 +401,10 @@ impl Client {
         let m = manifest::parse_manifest(&data, limits.max_json_bytes).map_err(|source| {
             RegistryError::Manifest {
                 what: format!("manifest of {}", r.familiar()),
-                source,
+                source: Box::new(source),
             }
         })?;
-        let blobs = target.layout.join("blobs").join("sha256");
-        std::fs::create_dir_all(&blobs).map_err(io_err("creating", &blobs))?;
+        let blobs = target.layout.join("blobs");
         write_blob(&blobs, &digest, &data)?;
         let (config_digest, diff_ids) = self.fetch_config(&t, r, &m, &blobs, target)?;
         let fetched = self.fetch_layers(&t, &m, &diff_ids, &blobs, target)?;
@@ -578,18 +430,18 @@ impl Client {
         let digest = manifest::descriptor_digest("image manifest", d).map_err(|source| {
             RegistryError::Manifest {
                 what: what.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let max = target.limits.max_json_bytes;
         if d.size() > max {
             return Err(RegistryError::Manifest {
                 what,
-                source: ManifestError::TooLarge {
+                source: Box::new(ManifestError::TooLarge {
                     what: "image config",
                     size: d.size(),
                     limit: max,
-                },
+                }),
             });
         }
         let resp = t.get(&format!("blobs/{digest}"), &[], &what)?;
@@ -607,7 +459,7 @@ impl Client {
         let (config, diff_ids) =
             manifest::parse_config(&data, max).map_err(|source| RegistryError::Manifest {
                 what: format!("config of {}", r.familiar()),
-                source,
+                source: Box::new(source),
             })?;
         if !target.platform.matches_config(&config) {
             return Err(RegistryError::NoPlatform {
@@ -619,14 +471,14 @@ impl Client {
         if diff_ids.len() != m.layers().len() || m.layers().len() > target.limits.max_layers {
             return Err(RegistryError::Manifest {
                 what: format!("manifest of {}", r.familiar()),
-                source: ManifestError::Invalid {
+                source: Box::new(ManifestError::Invalid {
                     what: "image manifest",
                     reason: format!(
                         "{} layers and {} diff_ids",
                         m.layers().len(),
                         diff_ids.len()
                     ),
-                },
+                }),
             });
         }
         write_blob(blobs, &digest, &data)?;
@@ -656,9 +508,21 @@ impl Client {
             let digest = manifest::descriptor_digest("image manifest", d).map_err(|source| {
                 RegistryError::Manifest {
                     what: format!("layer {i}"),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
+            // Compressed bytes never exceed the uncompressed cap by much;
+            // refuse a hostile size before downloading anything.
+            if d.size() > target.limits.max_layer_bytes {
+                return Err(RegistryError::Manifest {
+                    what: format!("layer {i}"),
+                    source: Box::new(ManifestError::TooLarge {
+                        what: "layer blob",
+                        size: d.size(),
+                        limit: target.limits.max_layer_bytes,
+                    }),
+                });
+            }
             if seen.insert(digest.clone()) {
                 todo.push((i, digest, d.size(), diff_id.clone()));
             }
@@ -704,7 +568,7 @@ fn pick_platform(
     let idx = manifest::parse_index(data, limits.max_json_bytes).map_err(|source| {
         RegistryError::Manifest {
             what: format!("index of {}", r.familiar()),
-            source,
+            source: Box::new(source),
         }
     })?;
     let usable = |d: &&Descriptor| {
@@ -738,8 +602,15 @@ fn pick_platform(
     }
 }
 
+/// `<layout>/blobs/<alg>/<hex>`, its directory created.
+pub(crate) fn layout_blob_path(blobs: &Path, digest: &Digest) -> Result<PathBuf> {
+    let dir = blobs.join(digest.algorithm().as_str());
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    Ok(dir.join(digest.hex()))
+}
+
 fn write_blob(blobs: &Path, digest: &Digest, data: &[u8]) -> Result<()> {
-    let p = blobs.join(digest.hex());
+    let p = layout_blob_path(blobs, digest)?;
     std::fs::write(&p, data).map_err(io_err("writing", &p))
 }
 
@@ -768,4 +639,73 @@ fn write_layout(layout: &Path, media_type: &str, digest: &Digest, size: u64) -> 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError {
     let path = path.to_owned();
     move |source| RegistryError::Io { op, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const M2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn list(entries: &[(&str, Option<(&str, &str)>)]) -> Vec<u8> {
+        let manifests: Vec<_> = entries
+            .iter()
+            .map(|(d, p)| {
+                let mut e = serde_json::json!({
+                    "mediaType": DOCKER_MANIFEST, "digest": d, "size": 10,
+                });
+                if let Some((os, arch)) = p {
+                    e["platform"] = serde_json::json!({"os": os, "architecture": arch});
+                }
+                e
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": manifests,
+        }))
+        .unwrap()
+    }
+
+    fn pick(data: &[u8], arch: &str) -> Result<String> {
+        let r: Reference = "example.com/app".parse().unwrap();
+        let p = Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+        };
+        pick_platform(&r, data, &p, &Limits::default()).map(|d| d.digest().to_string())
+    }
+
+    #[test]
+    fn the_wanted_platform_is_picked_from_a_list() {
+        let data = list(&[
+            (M1, Some(("linux", "arm64"))),
+            (M2, Some(("linux", "amd64"))),
+        ]);
+        assert_eq!(pick(&data, "amd64").unwrap(), M2);
+        assert_eq!(pick(&data, "arm64").unwrap(), M1);
+        match pick(&data, "s390x") {
+            Err(RegistryError::NoPlatform {
+                wanted, available, ..
+            }) => {
+                assert_eq!(wanted, "linux/s390x");
+                assert_eq!(available, "linux/arm64, linux/amd64");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_without_a_platform_are_a_fallback() {
+        let data = list(&[(M1, None), (M2, Some(("linux", "amd64")))]);
+        assert_eq!(pick(&data, "amd64").unwrap(), M2);
+        assert_eq!(pick(&data, "riscv64").unwrap(), M1);
+    }
+
+    #[test]
+    fn untyped_documents_are_told_apart_by_their_fields() {
+        assert!(is_untyped_index("", &list(&[(M1, None)])));
+        assert!(!is_untyped_index("", br#"{"schemaVersion":2,"layers":[]}"#));
+        assert!(!is_untyped_index(OCI_MANIFEST, &list(&[(M1, None)])));
+    }
 }

@@ -121,10 +121,21 @@ impl Transport {
             auth: Mutex::new(None),
         };
         let ping = match t.agent.get(&format!("{}/v2/", t.base)).call() {
-            Err(ureq::Error::Transport(e)) if t.plain_http_ok => {
-                log::debug!("HTTPS to {} failed ({e}); trying plain HTTP", t.registry);
-                t.base = format!("http://{}", ep.api_host);
-                t.agent.get(&format!("{}/v2/", t.base)).call()
+            Err(ureq::Error::Transport(tls_err)) if t.plain_http_ok => {
+                log::debug!(
+                    "HTTPS to {} failed ({tls_err}); trying plain HTTP",
+                    t.registry
+                );
+                let https = std::mem::replace(&mut t.base, format!("http://{}", ep.api_host));
+                match t.agent.get(&format!("{}/v2/", t.base)).call() {
+                    // Not a plain HTTP registry either (a TLS server answers
+                    // 400): the HTTPS error is the one to report.
+                    Err(ureq::Error::Status(400, _)) | Err(ureq::Error::Transport(_)) => {
+                        t.base = https;
+                        Err(ureq::Error::Transport(tls_err))
+                    }
+                    r => r,
+                }
             }
             r => r,
         };

@@ -14,10 +14,15 @@ pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 /// Why the registry tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
-    for bin in [REGISTRY_BIN, "/usr/bin/skopeo", "/usr/bin/umoci"] {
+    for bin in [
+        REGISTRY_BIN,
+        "/usr/bin/skopeo",
+        "/usr/bin/umoci",
+        "/usr/bin/openssl",
+    ] {
         if !Path::new(bin).exists() {
             return Some(format!(
-                "{bin} is missing (cargo xtask deps installs docker-registry, skopeo and umoci)"
+                "{bin} is missing (cargo xtask deps installs docker-registry, skopeo, umoci and openssl)"
             ));
         }
     }
@@ -46,8 +51,13 @@ fn free_port() -> u16 {
 }
 
 impl Registry {
-    /// Starts a registry storing under `dir`; with `htpasswd`, Basic auth.
+    /// Starts a plain HTTP registry storing under `dir`; with `htpasswd`, Basic auth.
     pub fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
+        Self::start_with(dir, htpasswd, None)
+    }
+
+    /// Starts a registry; with `tls` (certificate, key), over TLS only.
+    pub fn start_with(dir: &Path, htpasswd: Option<&Path>, tls: Option<&TestCerts>) -> Registry {
         let port = free_port();
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
@@ -58,13 +68,21 @@ impl Registry {
             ),
             None => String::new(),
         };
+        let tls = match tls {
+            Some(c) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                c.server_cert.display(),
+                c.server_key.display()
+            ),
+            None => String::new(),
+        };
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                 http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
                 storage.display()
             ),
         )
@@ -364,4 +382,73 @@ pub fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf 
     )
     .unwrap();
     p
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+pub fn make_certs(dir: &Path) -> TestCerts {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    super::run(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca)
+            .args(["-days", "2", "-subj", "/CN=hypercontainer test CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign"]),
+    );
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    super::run(
+        Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .args(["-subj", "/CN=127.0.0.1"]),
+    );
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let cert = dir.join("server.pem");
+    super::run(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&cert)
+            .arg("-extfile")
+            .arg(&ext),
+    );
+    TestCerts {
+        ca,
+        server_cert: cert,
+        server_key: key,
+    }
 }

@@ -72,7 +72,7 @@ pub use crate::spec::{Limits, Seccomp, Tmpfs};
 /// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
-pub use image::{ImageRef, ParseImageRefError};
+pub use image::{ImageRef, ParseImageRefError, PullOptions, PullPolicy};
 pub use network::NetworkInterface;
 
 /// Kernel command line of a sandbox VM (the VMM appends its devices).
@@ -99,7 +99,7 @@ pub enum Error {
     BadReference(#[from] ParseImageRefError),
     /// The image (or the tag in it) does not exist.
     #[error(
-        "image {image} not found: check the path and tag (oci:PATH[:TAG], \
+        "image {image} not found: check the name or path and the tag (NAME[:TAG], oci:PATH[:TAG], \
          oci-archive:PATH[:TAG], docker-archive:PATH[:REF])"
     )]
     ImageNotFound {
@@ -238,6 +238,7 @@ pub struct Disk {
 pub struct SandboxBuilder {
     image: Option<ImageRef>,
     store: Option<ImageStore>,
+    pull: PullOptions,
     overrides: ProcessOverrides,
     vcpus: u32,
     memory_mib: u64,
@@ -276,6 +277,7 @@ impl Default for SandboxBuilder {
         Self {
             image: None,
             store: None,
+            pull: PullOptions::default(),
             overrides: ProcessOverrides::new(),
             vcpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
@@ -309,6 +311,28 @@ impl SandboxBuilder {
     /// [`crate::kernel::cache_dir`]).
     pub fn image_store(mut self, store: ImageStore) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// When registry images are pulled (default [`PullPolicy::Missing`]).
+    pub fn pull_policy(mut self, policy: PullPolicy) -> Self {
+        self.pull.policy = policy;
+        self
+    }
+
+    /// How registries are reached: auth files, CAs, insecure registries
+    /// (default: [`hypercontainer_image::ClientOptions::new`]).
+    pub fn registry(mut self, options: hypercontainer_image::ClientOptions) -> Self {
+        self.pull.client = options;
+        self
+    }
+
+    /// Reports each layer's download progress while a registry image is pulled.
+    pub fn pull_progress(
+        mut self,
+        f: impl Fn(&hypercontainer_image::LayerProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.pull.progress = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -579,8 +603,13 @@ impl SandboxBuilder {
         let id = new_id();
         let scratch = Scratch::new(&id)?;
         let image = self.image.as_ref().ok_or(Error::NoImage)?;
-        let (layers, defaults) =
-            prepare_image(image, self.store.as_ref(), &scratch, &self.overrides)?;
+        let (layers, defaults) = prepare_image(
+            image,
+            self.store.as_ref(),
+            &self.pull,
+            &scratch,
+            &self.overrides,
+        )?;
         let image_ready = t0.elapsed();
 
         let user = match &defaults.user.group {
@@ -749,7 +778,9 @@ fn vm_build_err(e: vmm::Error) -> Error {
 /// Applies the store's answer to a not-found check.
 fn image_err(image: &ImageRef, e: StoreError) -> Error {
     let missing = match &e {
-        StoreError::Source(SourceError::Missing(_) | SourceError::ReferenceNotFound(_)) => true,
+        StoreError::Source(SourceError::Missing(_) | SourceError::ReferenceNotFound(_))
+        | StoreError::NotPulled { .. }
+        | StoreError::Registry(hypercontainer_image::RegistryError::NotFound { .. }) => true,
         StoreError::Source(SourceError::Io { source, .. }) => {
             source.kind() == std::io::ErrorKind::NotFound
         }
@@ -772,13 +803,14 @@ fn image_err(image: &ImageRef, e: StoreError) -> Error {
 fn prepare_image(
     image: &ImageRef,
     store: Option<&ImageStore>,
+    pull: &PullOptions,
     scratch: &Scratch,
     overrides: &ProcessOverrides,
 ) -> Result<(Vec<PathBuf>, hypercontainer_image::ProcessDefaults)> {
     let config;
     let layers = match image {
-        ImageRef::Source { source, reference } => {
-            if let Some(p) = source_path(source) {
+        ImageRef::Source { .. } | ImageRef::Registry(_) => {
+            if let Some(p) = image_path(image) {
                 if !p.exists() {
                     return Err(Error::ImageNotFound {
                         image: image.describe(),
@@ -800,9 +832,7 @@ fn prepare_image(
                     &opened
                 }
             };
-            let img = store
-                .import(source, reference.as_deref())
-                .map_err(|e| image_err(image, e))?;
+            let img = image::import(image, store, pull).map_err(|e| image_err(image, e))?;
             config = img.config.clone();
             layer_files(&img)?
         }
@@ -835,10 +865,14 @@ fn prepare_image(
     Ok((layers, defaults))
 }
 
-fn source_path(s: &hypercontainer_image::ImageSource) -> Option<&Path> {
+fn image_path(image: &ImageRef) -> Option<&Path> {
     use hypercontainer_image::ImageSource::*;
-    match s {
-        OciLayout { path } | OciArchive { path } | DockerArchive { path } => Some(path),
+    match image {
+        ImageRef::Source {
+            source: OciLayout { path } | OciArchive { path } | DockerArchive { path },
+            ..
+        } => Some(path),
+        _ => None,
     }
 }
 
