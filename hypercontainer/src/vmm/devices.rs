@@ -60,6 +60,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use hypercontainer_virtio::block::Block;
 use hypercontainer_virtio::console::Console;
+use hypercontainer_virtio::fs::{Fs, ShareConfig};
 use hypercontainer_virtio::net::{Net, Tap};
 use hypercontainer_virtio::rng::Rng;
 use hypercontainer_virtio::transport::mmio::MmioTransport;
@@ -100,6 +101,21 @@ pub enum Error {
     /// More than one vsock device was configured.
     #[error("a VM has at most one vsock device (one guest CID)")]
     DuplicateVsock,
+    /// A virtio-fs share could not be set up (a bad setting, or its host
+    /// directory cannot be opened).
+    #[error("virtio-fs share {tag:?} (device {index})")]
+    Fs {
+        /// Position among the VM's virtio devices.
+        index: usize,
+        /// The share's tag.
+        tag: String,
+        /// Why.
+        #[source]
+        source: hypercontainer_virtio::fs::Error,
+    },
+    /// Two virtio-fs shares have the same tag (the guest mounts by tag).
+    #[error("two virtio-fs shares are tagged {0:?}; tags must be unique")]
+    DuplicateFsTag(String),
     /// The guest CID is reserved or out of range.
     #[error("invalid guest CID {0}: must be above 2 and below 2^32 - 1")]
     InvalidCid(u64),
@@ -290,6 +306,8 @@ pub enum DeviceKind {
     Console,
     /// virtio-net.
     Net,
+    /// virtio-fs (one share).
+    Fs,
     /// A transport the caller built itself
     /// ([`VmBuilder::virtio_mmio_device`](super::VmBuilder::virtio_mmio_device)).
     Custom,
@@ -311,6 +329,7 @@ pub(crate) enum DeviceSpec {
     Rng,
     Console(Box<dyn Write + Send>),
     Net(NetConfig),
+    Fs(ShareConfig),
     Custom(VirtioMmioDevice),
 }
 
@@ -322,6 +341,7 @@ impl DeviceSpec {
             Self::Rng => DeviceKind::Rng,
             Self::Console(_) => DeviceKind::Console,
             Self::Net(_) => DeviceKind::Net,
+            Self::Fs(_) => DeviceKind::Fs,
             Self::Custom(_) => DeviceKind::Custom,
         }
     }
@@ -360,8 +380,19 @@ impl DeviceList {
     /// Checks what can be checked without opening anything.
     pub fn validate(&self) -> Result<()> {
         let mut vsock = false;
-        for spec in &self.specs {
+        let mut tags = std::collections::HashSet::new();
+        for (index, spec) in self.specs.iter().enumerate() {
             match spec {
+                DeviceSpec::Fs(share) => {
+                    share.validate().map_err(|source| Error::Fs {
+                        index,
+                        tag: share.tag.clone(),
+                        source,
+                    })?;
+                    if !tags.insert(share.tag.as_str()) {
+                        return Err(Error::DuplicateFsTag(share.tag.clone()));
+                    }
+                }
                 DeviceSpec::Vsock(cid) => {
                     if std::mem::replace(&mut vsock, true) {
                         return Err(Error::DuplicateVsock);
@@ -439,6 +470,12 @@ impl DeviceList {
                 DeviceSpec::Console(output) => {
                     let dev = Console::new(output).map_err(Error::Console)?;
                     console_input = Some(dev.input());
+                    let dev = Arc::new(Mutex::new(dev));
+                    (dev.clone(), dev)
+                }
+                DeviceSpec::Fs(share) => {
+                    let tag = share.tag.clone();
+                    let dev = Fs::new(share).map_err(|source| Error::Fs { index, tag, source })?;
                     let dev = Arc::new(Mutex::new(dev));
                     (dev.clone(), dev)
                 }
@@ -771,6 +808,40 @@ mod tests {
             BlockConfig::new("/nonexistent").serial("a".repeat(21)),
         ));
         assert!(matches!(list.validate(), Err(Error::SerialTooLong(_))));
+    }
+
+    #[test]
+    fn fs_shares_need_valid_unique_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut list = DeviceList::default();
+        list.push(DeviceSpec::Rng);
+        list.push(DeviceSpec::Fs(ShareConfig::new(dir.path(), "")));
+        assert!(matches!(list.validate(), Err(Error::Fs { index: 1, .. })));
+        let mut list = DeviceList::default();
+        list.push(DeviceSpec::Fs(ShareConfig::new(dir.path(), "data")));
+        list.push(DeviceSpec::Fs(ShareConfig::new(dir.path(), "data")));
+        assert!(matches!(list.validate(), Err(Error::DuplicateFsTag(t)) if t == "data"));
+    }
+
+    #[test]
+    fn an_fs_share_gets_a_slot_and_a_missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut list = DeviceList::default();
+        list.push(DeviceSpec::Fs(ShareConfig::new(dir.path(), "data")));
+        let (wired, devices) = list.realize(&memory(), slot, no_failure()).unwrap();
+        assert_eq!(wired.len(), 1);
+        assert_eq!(read32(&wired[0], 0x8), 26);
+        drop(devices);
+        let mut list = DeviceList::default();
+        list.push(DeviceSpec::Fs(ShareConfig::new(
+            "/nonexistent/share",
+            "gone",
+        )));
+        match list.realize(&memory(), slot, no_failure()) {
+            Err(Error::Fs { index: 0, tag, .. }) => assert_eq!(tag, "gone"),
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => panic!("a missing share directory was accepted"),
+        }
     }
 
     #[test]

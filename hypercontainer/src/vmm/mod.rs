@@ -641,6 +641,14 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio-fs device serving one host directory, which the guest
+    /// mounts by its tag (`mount -t virtiofs TAG /path`). Each share takes
+    /// one slot and one IRQ line; tags must be unique within a VM.
+    pub fn fs(mut self, share: hypercontainer_virtio::fs::ShareConfig) -> Self {
+        self.devices.push(devices::DeviceSpec::Fs(share));
+        self
+    }
+
     /// Adds a virtio network device.
     pub fn net(mut self, config: devices::NetConfig) -> Self {
         self.devices.push(devices::DeviceSpec::Net(config));
