@@ -54,6 +54,7 @@
 pub mod ldd;
 pub mod passthrough;
 pub mod script;
+pub mod share;
 
 use hypercontainer::initramfs::{CpioWriter, InitramfsError, Metadata};
 use std::collections::BTreeMap;
@@ -64,6 +65,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use passthrough::{StdoutCopier, PASSTHROUGH_PORT};
+pub use share::Share;
 use std::time::{Duration, Instant};
 
 /// The guest's PVH `vmlinux`.
@@ -368,6 +370,7 @@ pub struct TestHostBuilder {
     echo: Option<String>,
     qemu: Option<PathBuf>,
     busybox: Option<PathBuf>,
+    shares: Vec<Share>,
 }
 
 impl Default for TestHostBuilder {
@@ -385,6 +388,7 @@ impl Default for TestHostBuilder {
             echo: Some("  | ".into()),
             qemu: None,
             busybox: None,
+            shares: Vec::new(),
         }
     }
 }
@@ -424,6 +428,14 @@ impl TestHostBuilder {
     /// Packs a host file at its [`inside_path`].
     pub fn include(mut self, host: impl Into<PathBuf>) -> Self {
         self.files.push((host.into(), None));
+        self
+    }
+
+    /// Makes a host directory visible inside the emulated host at its own
+    /// path, read-write or read-only, so that jobs' writes reach the host
+    /// (see [`share`]). Direct mode needs nothing for it.
+    pub fn share(mut self, share: Share) -> Self {
+        self.shares.push(share);
         self
     }
 
@@ -531,6 +543,7 @@ impl TestHostBuilder {
             echo: self.echo,
             qemu,
             busybox,
+            shares: self.shares,
         })
     }
 }
@@ -550,6 +563,7 @@ pub struct TestHost {
     echo: Option<String>,
     qemu: PathBuf,
     busybox: PathBuf,
+    shares: Vec<Share>,
 }
 
 /// Where a host file is placed inside the emulated host: its parent
@@ -839,6 +853,12 @@ impl TestHost {
         let init = script::init_script(&script::ScriptSpec {
             nonce: nonce.clone(),
             modules,
+            mounts: self
+                .shares
+                .iter()
+                .enumerate()
+                .map(|(i, sh)| Ok((Share::tag(i), path_str(&sh.path)?, sh.read_only)))
+                .collect::<Result<_>>()?,
             env: [
                 ("HOME".to_string(), "/tmp".to_string()),
                 ("TMPDIR".into(), "/tmp".into()),
@@ -895,7 +915,9 @@ impl TestHost {
         // port, written to a file that a thread copies to our stdout.
         let stdout_file = dir.path().join("job-stdout");
         std::fs::File::create(&stdout_file).map_err(io_err("creating the job stdout file"))?;
+        let servers = share::serve(&self.shares, dir.path(), self.memory_mib)?;
         let mut cmd = Command::new(&self.qemu);
+        cmd.args(&servers.qemu_args);
         cmd.args(["-accel", "tcg", "-cpu", "max"])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-m", &self.memory_mib.to_string()])

@@ -43,6 +43,8 @@ pub struct ScriptSpec {
     pub nonce: String,
     /// Kernel modules, in load order (inside paths).
     pub modules: Vec<String>,
+    /// virtio-fs tags to mount (tag, path, read-only) after the modules.
+    pub mounts: Vec<(String, String, bool)>,
     /// Environment given to every job.
     pub env: Vec<(String, String)>,
     /// The jobs, run in order.
@@ -78,6 +80,15 @@ pub fn init_script(spec: &ScriptSpec) -> String {
             "insmod {q} || fatal \"insmod {m} failed\"",
             q = sh_quote(m),
             m = m.replace(['"', '$', '`', '\\'], "_")
+        );
+    }
+    for (tag, path, ro) in &spec.mounts {
+        let q = sh_quote(path);
+        let opts = if *ro { " -o ro" } else { "" };
+        let shown = path.replace(['"', '$', '`', '\\'], "_");
+        let _ = writeln!(
+            s,
+            "mkdir -p {q} && mount -t virtiofs{opts} {tag} {q} || fatal \"mounting the share {shown} failed\""
         );
     }
     s.push_str("[ -c /dev/kvm ] || fatal \"no /dev/kvm after loading the modules\"\n");
@@ -290,6 +301,7 @@ mod tests {
                 "/hc/modules/irqbypass.ko".into(),
                 "/hc/modules/kvm.ko".into(),
             ],
+            mounts: vec![("hcshare0".into(), "/srv/it's".into(), true)],
             env: vec![("HYPERCONTAINER_QEMU".into(), "/usr/bin/qemu".into())],
             jobs: vec![
                 ScriptJob {
@@ -317,6 +329,10 @@ mod tests {
         let irq = s.find("insmod '/hc/modules/irqbypass.ko'").unwrap();
         let kvm = s.find("insmod '/hc/modules/kvm.ko'").unwrap();
         let check = s.find("[ -c /dev/kvm ]").unwrap();
+        let mount = s
+            .find("mkdir -p '/srv/it'\\''s' && mount -t virtiofs -o ro hcshare0 '/srv/it'\\''s' ||")
+            .unwrap();
+        assert!(kvm < mount && mount < check);
         let job0 = s.find("echo \"HCTH-abcd BEGIN 0\"").unwrap();
         let job1 = s.find("echo \"HCTH-abcd BEGIN 1\"").unwrap();
         assert!(irq < kvm && kvm < check && check < job0 && job0 < job1);

@@ -11,8 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The modules the emulated host loads; their dependencies come along.
-/// `tun` gives the whole-VM net test its tap device.
-const WANTED_MODULES: &[&str] = &["kvm", "kvm_amd", "irqbypass", "tun"];
+/// `tun` gives the whole-VM net test its tap device; `virtiofs` mounts the
+/// host directories shared into the emulated host (over virtio-pci, a module
+/// there too).
+const WANTED_MODULES: &[&str] = &[
+    "kvm",
+    "kvm_amd",
+    "irqbypass",
+    "tun",
+    "virtiofs",
+    "virtio_pci",
+];
 
 /// The kernel version `linux-image-cloud-amd64` depends on, e.g.
 /// `6.1.0-28` (from `apt-cache depends` output).

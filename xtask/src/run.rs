@@ -81,6 +81,65 @@ fn archives_in(args: &[String]) -> Vec<PathBuf> {
     out
 }
 
+/// Host directories an example's arguments name: Docker's bind volumes
+/// (`-v HOST:GUEST[:OPTS]`, `--volume`, where HOST is a path: it starts
+/// with `/` or `.`) and `dir:PATH` root filesystems. Each comes back with
+/// the arguments rewritten to its absolute path, as it is shared into the
+/// emulated host at that path.
+fn shares_in(args: &[String]) -> Result<(Vec<String>, Vec<hypercontainer_testhost::Share>)> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut shares = Vec::new();
+    let mut share = |dir: &str, ro: bool| -> Result<String> {
+        if !Path::new(dir).is_dir() {
+            // Not a directory here: the example reports it.
+            return Ok(dir.to_string());
+        }
+        let s = hypercontainer_testhost::Share::new(dir, ro)?;
+        let path = s.path.to_string_lossy().into_owned();
+        if !shares.contains(&s) {
+            shares.push(s);
+        }
+        Ok(path)
+    };
+    let mut volume_next = false;
+    for a in args {
+        if std::mem::take(&mut volume_next) {
+            out.push(bind_spec(a, &mut share)?);
+            continue;
+        }
+        if a == "-v" || a == "--volume" {
+            volume_next = true;
+            out.push(a.clone());
+        } else if let Some(v) = a.strip_prefix("--volume=") {
+            out.push(format!("--volume={}", bind_spec(v, &mut share)?));
+        } else if let Some(p) = a.strip_prefix("dir:") {
+            // The root filesystem is shared writable: the container may
+            // write to it, as a runc bundle's may.
+            out.push(format!("dir:{}", share(p, false)?));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok((out, shares))
+}
+
+/// A `-v` value with a host path made absolute (and shared); named volumes
+/// pass unchanged.
+fn bind_spec(spec: &str, share: &mut impl FnMut(&str, bool) -> Result<String>) -> Result<String> {
+    // Without a `:` it is an anonymous volume at a guest path.
+    let Some((host, rest)) = spec.split_once(':') else {
+        return Ok(spec.to_string());
+    };
+    if !(host.starts_with('/') || host.starts_with('.')) {
+        return Ok(spec.to_string());
+    }
+    let ro = rest
+        .split(':')
+        .nth(1)
+        .is_some_and(|o| o.split(',').any(|o| o == "ro"));
+    Ok(format!("{}:{rest}", share(host, ro)?))
+}
+
 fn build_example(name: &str) -> Result<PathBuf> {
     let mut child = cargo()
         .args([
@@ -208,6 +267,10 @@ pub fn cmd(args: &[String]) -> Result<()> {
             for a in archives_in(&args) {
                 builder = builder.include(a);
             }
+            let (args, shares) = shares_in(&args)?;
+            for s in shares {
+                builder = builder.share(s);
+            }
             // Its stdout and stderr reach ours unchanged, as `docker run`'s.
             Job::new(name, exe).args(args).passthrough(true)
         }
@@ -249,4 +312,44 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("hc-xtask-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bind_volumes_and_dir_roots_are_shared_at_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let a = d.join("a");
+        let b = d.join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        let args = strings(&[
+            "-v",
+            &format!("{a}:/data:ro"),
+            &format!("--volume={b}:/b"),
+            "-v",
+            "named:/n",
+            "-v",
+            "/nonexistent-share:/x",
+            &format!("dir:{b}"),
+            "ls",
+            "-v",
+            "/etc",
+        ]);
+        let (out, shares) = shares_in(&args).unwrap();
+        assert_eq!(out, args);
+        let got: Vec<_> = shares
+            .iter()
+            .map(|s| (s.path.display().to_string(), s.read_only))
+            .collect();
+        assert_eq!(got, vec![(a, true), (b, false)]);
+    }
 }
