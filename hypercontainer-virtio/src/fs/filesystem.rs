@@ -211,6 +211,62 @@ impl DirSink {
         true
     }
 
+    /// Bytes encoded so far (a position for [`DirSink::rewrite_from`] and
+    /// [`DirSink::truncate`]).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no entry was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Drop every entry from byte `len` on (a position [`DirSink::len`]
+    /// answered before they were pushed).
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+
+    /// Rewrite in place the entries pushed since byte `from`: `f` gets
+    /// each one's position, name, dirent and (readdirplus) entry, and its
+    /// changes to the last two are written back. Names and sizes do not
+    /// change. For wrappers that renumber an inner filesystem's entries.
+    pub fn rewrite_from(
+        &mut self,
+        from: usize,
+        mut f: impl FnMut(usize, &[u8], &mut fuse::Dirent, Option<&mut fuse::EntryOut>),
+    ) {
+        let mut pos = from;
+        while pos < self.buf.len() {
+            let mut r = fuse::Reader::new(&self.buf[pos..]);
+            let mut entry = if self.plus {
+                match r.read::<fuse::EntryOut>() {
+                    Ok(e) => Some(e),
+                    Err(_) => return,
+                }
+            } else {
+                None
+            };
+            let Ok(mut d) = r.read::<fuse::Dirent>() else {
+                return;
+            };
+            let namelen = d.namelen;
+            let Ok(name) = r.take(namelen as usize, "name") else {
+                return;
+            };
+            f(pos, name, &mut d, entry.as_mut());
+            d.namelen = namelen;
+            let mut head = Vec::with_capacity(fuse::EntryOut::SIZE + fuse::Dirent::SIZE);
+            if let Some(e) = entry {
+                e.put(&mut head);
+            }
+            d.put(&mut head);
+            self.buf[pos..pos + head.len()].copy_from_slice(&head);
+            pos += fuse::dirent_size(namelen as usize, self.plus);
+        }
+    }
+
     /// The encoded entries.
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf

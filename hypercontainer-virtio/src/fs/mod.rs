@@ -109,6 +109,7 @@
 mod chain;
 pub mod filesystem;
 pub mod fuse;
+pub mod multi;
 pub mod passthrough;
 pub mod server;
 #[cfg(test)]
@@ -121,6 +122,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::warn;
 
 pub use self::filesystem::FileSystem;
+pub use self::multi::{MultiFs, MultiShareConfig, SharesHandle};
 pub use self::passthrough::{
     IdMap, IdRange, Ownership, PassthroughConfig, PassthroughFs, ReadOnly,
 };
@@ -170,6 +172,10 @@ pub enum Error {
     /// Device plumbing failed.
     #[error("device setup failed")]
     Device(#[source] device::Error),
+    /// A share of a multi-share device is refused (name, count, or its
+    /// own settings or directory).
+    #[error("multi-share device")]
+    Multi(#[from] multi::Error),
 }
 
 /// Result alias of this module.
@@ -263,10 +269,33 @@ impl ShareConfig {
         if !(2..=32768).contains(&q) || !q.is_power_of_two() {
             return Err(Error::QueueSize(q));
         }
+        self.validate_share()
+    }
+
+    /// Check the settings of the share itself (not the tag or queue size,
+    /// which belong to the device): all a share of a multi-share device
+    /// uses.
+    fn validate_share(&self) -> Result<()> {
         if self.max_open_fds < 4 {
             return Err(Error::MaxOpenFds(self.max_open_fds));
         }
         Ok(())
+    }
+
+    /// Validate the share's own settings and open its directory: a
+    /// [`PassthroughFs`], wrapped in [`ReadOnly`] for a read-only share.
+    /// Both device modes build their shares here.
+    fn open_filesystem(&self) -> Result<Box<dyn FileSystem>> {
+        self.validate_share()?;
+        let pt = PassthroughFs::new(self.passthrough()).map_err(|source| Error::Open {
+            path: self.host_dir.clone(),
+            source,
+        })?;
+        Ok(if self.read_only {
+            Box::new(ReadOnly(pt))
+        } else {
+            Box::new(pt)
+        })
     }
 
     fn passthrough(&self) -> PassthroughConfig {
@@ -297,7 +326,7 @@ pub struct FsStats {
     pub fuse: ServerStats,
 }
 
-/// A virtio-fs device serving one share.
+/// A virtio-fs device serving one share, or several behind a virtual root.
 pub struct Fs {
     tag: String,
     server: Server<dyn FileSystem>,
@@ -305,6 +334,7 @@ pub struct Fs {
     queue_sizes: [u16; 2],
     link: EventLoopLink,
     stats: FsStats,
+    shares: Option<SharesHandle>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -320,16 +350,30 @@ impl Fs {
     /// Validate `share`, open its directory and build the device.
     pub fn new(share: ShareConfig) -> Result<Self> {
         share.validate()?;
-        let pt = PassthroughFs::new(share.passthrough()).map_err(|source| Error::Open {
-            path: share.host_dir.clone(),
-            source,
-        })?;
-        let fs: Box<dyn FileSystem> = if share.read_only {
-            Box::new(ReadOnly(pt))
-        } else {
-            Box::new(pt)
-        };
+        let fs = share.open_filesystem()?;
         Self::with_filesystem(&share.tag, share.queue_size, fs)
+    }
+
+    /// Validate `config`, open every share's directory and build one
+    /// device serving them all under a virtual root (see [`multi`]).
+    /// [`Fs::shares`] answers the handle that adds shares later.
+    pub fn multi(config: MultiShareConfig) -> Result<Self> {
+        config.validate()?;
+        let multi = MultiFs::new();
+        for (name, share) in &config.shares {
+            multi.add(name, share.clone())?;
+        }
+        let handle = multi.handle();
+        let mut fs = Self::with_filesystem(&config.tag, config.queue_size, Box::new(multi))?;
+        fs.shares = Some(handle);
+        Ok(fs)
+    }
+
+    /// The handle adding shares to a device built by [`Fs::multi`] while
+    /// it runs (`None` for a one-share device). Take it before the device
+    /// moves to its event loop, or lock the device to get it.
+    pub fn shares(&self) -> Option<SharesHandle> {
+        self.shares.clone()
     }
 
     /// A device over any [`FileSystem`] (tests, other backends).
@@ -347,6 +391,7 @@ impl Fs {
             queue_sizes: [HIPRIO_QUEUE_SIZE, queue_size],
             link: EventLoopLink::new().map_err(Error::Device)?,
             stats: FsStats::default(),
+            shares: None,
         })
     }
 
