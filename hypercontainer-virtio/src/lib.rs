@@ -10,8 +10,8 @@
 //!   table of valid transitions), queue validation and device activation.
 //! * [`VirtioDevice`]: what a device implements for the transport.
 //! * Devices: [`block::Block`], [`vsock::Vsock`], [`net::Net`],
-//!   [`console::Console`], [`rng::Rng`], [`fs::Fs`] (virtio-fs, a host
-//!   directory served by our own FUSE server). Each also implements
+//!   [`console::Console`], [`rng::Rng`], [`fs::Fs`] (virtio-fs: a host
+//!   directory, or several behind one tag, served by our own FUSE server). Each also implements
 //!   [`event_manager::MutEventSubscriber`]: the VMM adds it to the
 //!   sandbox's [`event_manager::EventManager`] and runs the loop on one
 //!   thread; the device registers its queue and backend fds itself when the

@@ -11,6 +11,9 @@
 //!  server::Server        decode (fuse: wire structs) -> validate -> call the
 //!        |                FileSystem -> encode; errors become errnos in one
 //!        v                place; INIT first (a phase table)
+//!  multi::MultiFs       (multi-share devices) a virtual root; routes each
+//!        |                request to its share by the id's top 8 bits
+//!        v
 //!  passthrough::PassthroughFs   O_PATH inode table, openat2 opens under the
 //!        |                      share root, ownership mapping
 //!  passthrough::ReadOnly        EROFS to every modifying call (read-only shares)
@@ -18,7 +21,7 @@
 //!
 //! # Attaching a share
 //!
-//! One [`Fs`] device serves one share: build it from a [`ShareConfig`], put
+//! An [`Fs`] device built from a [`ShareConfig`] serves one share: put
 //! it behind the mmio transport and on the sandbox's event loop like any
 //! other device of this crate, and declare it on the kernel command line
 //! (`virtio_mmio.device=4K@ADDR:IRQ`; the guest kernel needs
@@ -45,12 +48,30 @@
 //! # }
 //! ```
 //!
-//! **One device per share.** Each share is its own device, tag and queue
-//! pair, and so one virtio-mmio slot and one interrupt line: the SDK must
-//! budget an IRQ per volume (8 volumes, 8 lines) next to the block, vsock
-//! and net devices. This keeps every share's state (inode table, fd cap,
-//! read-only wrapper, statistics) apart, and lets a share be torn down with
-//! its device.
+//! **One device per share, or one for many.** A device built by
+//! [`Fs::new`] serves one share: its own device, tag and queue pair, and
+//! so one virtio-mmio slot and one interrupt line. A VM has 19 of those
+//! next to the block, vsock and net devices, so volumes cannot each have
+//! one when there are many. A device built by [`Fs::multi`] serves
+//! several shares (up to 255) behind one tag: its root is a small virtual,
+//! read-only directory with one entry per share, named by the caller.
+//! The guest mounts the tag once and bind-mounts `TAG/<name>` where each
+//! volume belongs:
+//!
+//! ```text
+//! mount -t virtiofs vols /run/hypercontainer/shares/vols
+//! mount --bind /run/hypercontainer/shares/vols/data /ctr/rootfs/data
+//! ```
+//!
+//! Either way each share keeps its own state (inode table, fd cap,
+//! ownership, read-only wrapper), and a multi-share device can take new
+//! shares while it runs ([`SharesHandle::add`], for containers created
+//! later in a pod). Use one device per share for a single volume or one
+//! that must be torn down on its own (with its device); use the
+//! multi-share device for a pod's volumes, or whenever volumes would cost
+//! more interrupt lines than the VM has. Its shares share one request
+//! queue and one thread, and cannot be removed one by one; see [`multi`]
+//! for how node ids and inode numbers stay apart.
 //!
 //! # Requests
 //!

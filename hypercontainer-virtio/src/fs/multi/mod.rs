@@ -64,8 +64,27 @@
 //! from then on. Indices are handed out in the order of `add`, so they
 //! never change. Shares cannot be removed: a share lives as long as its
 //! device (tear the device down, or stop using the name).
+//!
+//! ```
+//! use hypercontainer_virtio::fs::{Fs, MultiShareConfig, ShareConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (data, config) = (tempfile::tempdir()?, tempfile::tempdir()?);
+//! let fs = Fs::multi(
+//!     MultiShareConfig::new("vols")
+//!         .share("data", ShareConfig::new(data.path(), ""))
+//!         .share("config", ShareConfig::new(config.path(), "").read_only(true)),
+//! )?;
+//! // Taken before the device moves to its event loop.
+//! let shares = fs.shares().expect("a multi-share device");
+//! let later = tempfile::tempdir()?;
+//! shares.add("cache", ShareConfig::new(later.path(), ""))?;
+//! assert_eq!(shares.names(), ["data", "config", "cache"]);
+//! # Ok(())
+//! # }
+//! ```
 
-mod ids;
+pub mod ids;
 mod ops;
 mod root;
 #[cfg(test)]
