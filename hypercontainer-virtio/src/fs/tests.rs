@@ -556,3 +556,35 @@ fn handles_are_send() {
     is_send::<Fs>();
     is_send::<Queue>();
 }
+
+#[test]
+fn a_multi_share_device_serves_its_shares_through_the_request_queue() {
+    let mut f = Fixture::new();
+    let cfg = MultiShareConfig::new("vols")
+        .queue_size(QSIZE)
+        .share("data", ShareConfig::new(f.dir.path(), ""));
+    f.fs = Fs::multi(cfg).unwrap();
+    f.activate();
+    f.init();
+    // The file lives in the share, not in the virtual root.
+    assert_eq!(f.call(&lookup("hello"), 4096).0, -libc::ENOENT);
+    let (err, body) = f.call(&lookup("data"), 4096);
+    assert_eq!(err, 0);
+    let data = Reader::new(&body).read::<fuse::EntryOut>().unwrap().nodeid;
+    let (err, body) = f.call(&request(opcode::LOOKUP, 8, data, b"hello\0"), 4096);
+    assert_eq!(err, 0);
+    assert_eq!(
+        Reader::new(&body)
+            .read::<fuse::EntryOut>()
+            .unwrap()
+            .attr
+            .size,
+        12
+    );
+    // A share added while the device runs answers the next request.
+    let shares = f.fs.shares().unwrap();
+    shares
+        .add("more", ShareConfig::new(f.dir.path(), ""))
+        .unwrap();
+    assert_eq!(f.call(&lookup("more"), 4096).0, 0);
+}
