@@ -6,7 +6,9 @@
 //! and the canary next to the share must stay untouched.
 //!
 //! Input: one flag byte (bit 0: read-only share; bit 1: through the
-//! device), then
+//! device; bit 2: the share is one of two behind a multi-share device, the
+//! other a writable sibling directory, reached at node ids
+//! `1 << 56 | n` and `2 << 56 | n`), then
 //! * server mode: records of `[flags: u8][len: u16 le][len bytes]`; a
 //!   record is one request, whose header length is set to the record's
 //!   size when flag bit 0 is set;
@@ -23,7 +25,8 @@ use std::sync::Arc;
 use hypercontainer_virtio::fs::fuse::{self, opcode, InHeader, Reader, Wire};
 use hypercontainer_virtio::fs::server::{Server, ServerOptions};
 use hypercontainer_virtio::fs::{
-    FileSystem, Fs, PassthroughConfig, PassthroughFs, ReadOnly, ShareConfig,
+    FileSystem, Fs, MultiFs, MultiShareConfig, PassthroughConfig, PassthroughFs, ReadOnly,
+    ShareConfig,
 };
 use hypercontainer_virtio::{Activation, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
@@ -44,7 +47,7 @@ const QSIZE: u16 = 16;
 const RINGS: [(u64, u64, u64); 2] = [(0x400, 0x500, 0x600), (0x0, 0x100, 0x200)];
 
 /// The device over guest memory from the input, after a valid INIT.
-fn run_device(share: &Path, read_only: bool, input: &[u8]) {
+fn run_device(share: &Path, read_only: bool, sibling: Option<&Path>, input: &[u8]) {
     if input.len() < 2 {
         return;
     }
@@ -52,7 +55,16 @@ fn run_device(share: &Path, read_only: bool, input: &[u8]) {
         .read_only(read_only)
         .max_open_fds(64)
         .queue_size(QSIZE);
-    let mut fs = Fs::new(cfg).unwrap();
+    let mut fs = match sibling {
+        Some(other) => Fs::multi(
+            MultiShareConfig::new("fuzz")
+                .queue_size(QSIZE)
+                .share("share", cfg)
+                .share("other", ShareConfig::new(other, "").max_open_fds(64)),
+        )
+        .unwrap(),
+        None => Fs::new(cfg).unwrap(),
+    };
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
     let queues = RINGS
         .iter()
@@ -177,6 +189,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let read_only = flags & 1 == 1;
     let device = flags & 2 == 2;
+    let multi = flags & 4 == 4;
     let base = std::env::temp_dir().join(format!(
         "hc-fuzz-fs-{}-{}",
         std::process::id(),
@@ -184,7 +197,9 @@ fuzz_target!(|data: &[u8]| {
     ));
     let share = base.join("share");
     let outside = base.join("outside");
+    let other = base.join("other");
     fs::create_dir_all(share.join("dir/sub")).unwrap();
+    fs::create_dir_all(&other).unwrap();
     fs::create_dir_all(&outside).unwrap();
     fs::write(outside.join("canary"), b"canary").unwrap();
     fs::write(share.join("file"), b"file contents").unwrap();
@@ -194,18 +209,27 @@ fuzz_target!(|data: &[u8]| {
     let share_before = snapshot(&share);
 
     if device {
-        run_device(&share, read_only, rest);
+        run_device(&share, read_only, multi.then_some(other.as_path()), rest);
         rest = &[];
     }
-    let pt = PassthroughFs::new(PassthroughConfig {
-        max_open_fds: 64,
-        ..PassthroughConfig::new(&share)
-    })
-    .unwrap();
-    let fs: Box<dyn FileSystem> = if read_only {
-        Box::new(ReadOnly(pt))
+    let fs: Box<dyn FileSystem> = if multi {
+        let m = MultiFs::new();
+        let cfg = ShareConfig::new(&share, "").read_only(read_only);
+        m.add("share", cfg.max_open_fds(64)).unwrap();
+        m.add("other", ShareConfig::new(&other, "").max_open_fds(64))
+            .unwrap();
+        Box::new(m)
     } else {
-        Box::new(pt)
+        let pt = PassthroughFs::new(PassthroughConfig {
+            max_open_fds: 64,
+            ..PassthroughConfig::new(&share)
+        })
+        .unwrap();
+        if read_only {
+            Box::new(ReadOnly(pt))
+        } else {
+            Box::new(pt)
+        }
     };
     let mut server = Server::new(fs, ServerOptions::default());
     assert!(server.handle(&init()).is_some());

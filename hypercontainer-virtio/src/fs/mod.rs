@@ -377,7 +377,8 @@ impl Fs {
 
     /// Validate `config`, open every share's directory and build one
     /// device serving them all under a virtual root (see [`multi`]).
-    /// [`Fs::shares`] answers the handle that adds shares later.
+    /// [`Fs::shares`] answers the handle that adds shares later; `config`
+    /// may start without any.
     pub fn multi(config: MultiShareConfig) -> Result<Self> {
         config.validate()?;
         let multi = MultiFs::new();

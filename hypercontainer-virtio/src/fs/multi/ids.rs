@@ -24,7 +24,10 @@
 //! hard links of each other. Within a share the mapping is one-to-one;
 //! across shares numbers differ as long as host inode numbers stay below
 //! 2^56 (true of ext4, xfs, btrfs and tmpfs). The virtual root reports
-//! inode number 1.
+//! inode number 1, which a share reports only for a host inode number of
+//! exactly its tag plus 1. Every share's numbers are 2^56 or more, so a
+//! 32-bit program built without large-file support gets `EOVERFLOW` from
+//! `stat` in a multi-share mount (64-bit programs are not affected).
 
 use super::super::filesystem::{Errno, FsResult};
 
