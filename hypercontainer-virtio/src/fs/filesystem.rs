@@ -614,3 +614,57 @@ pub trait FileSystem: Send {
         Err(Errno(libc::ENOSYS))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::fuse::Reader;
+
+    fn entry(ino: u64, name: &[u8]) -> DirEntry<'_> {
+        DirEntry {
+            ino,
+            offset: ino,
+            typ: 4,
+            name,
+        }
+    }
+
+    #[test]
+    fn rewrite_from_changes_ids_of_later_entries_only_and_truncate_drops_them() {
+        let mut sink = DirSink::new(4096, true);
+        let e = |nodeid| Entry {
+            nodeid,
+            ..Entry::default()
+        };
+        assert!(sink.push(&entry(1, b"first"), Some(&e(10))));
+        let from = sink.len();
+        assert!(sink.push(&entry(2, b"second"), Some(&e(20))));
+        assert!(sink.push(&entry(3, b"x"), Some(&e(30))));
+        let mut seen = Vec::new();
+        sink.rewrite_from(from, |pos, name, d, e| {
+            seen.push((pos, name.to_vec()));
+            d.ino += 100;
+            d.namelen = 0; // ignored: names do not change
+            if let Some(e) = e {
+                e.nodeid += 1000;
+            }
+        });
+        assert_eq!(seen[0], (from, b"second".to_vec()));
+        assert_eq!(seen.len(), 2);
+        let third = seen[1].0;
+        let bytes = sink.buf.clone();
+        let mut r = Reader::new(&bytes);
+        let mut got = Vec::new();
+        while r.remaining() > 0 {
+            let e: fuse::EntryOut = r.read().unwrap();
+            let d: fuse::Dirent = r.read().unwrap();
+            let pad = fuse::dirent_size(d.namelen as usize, true) - fuse::EntryOut::SIZE;
+            r.skip(pad - fuse::Dirent::SIZE, "name").unwrap();
+            got.push((e.nodeid, d.ino, d.namelen));
+        }
+        assert_eq!(got, [(10, 1, 5), (1020, 102, 6), (1030, 103, 1)]);
+        sink.truncate(third);
+        assert_eq!(sink.len(), third);
+        assert!(!sink.is_empty());
+    }
+}

@@ -423,3 +423,36 @@ fn destroy_and_a_new_session_keep_every_share() {
     assert!(c.lookup(rw, "f").is_ok());
     assert!(c.lookup(ROOT_ID, "ro").is_ok());
 }
+
+#[test]
+fn a_root_listing_continues_at_the_offset_of_its_last_entry() {
+    let d = dirs();
+    let mut c = client(&d);
+    let fh = c.opendir(ROOT_ID).unwrap();
+    let page = |c: &mut Client<MultiFs>, offset: u64, size: u32| {
+        let body = encode(&fuse::ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        });
+        let r = c.call(opcode::READDIR, ROOT_ID, &body).unwrap();
+        let mut rd = Reader::new(&r);
+        let mut out = Vec::new();
+        while rd.remaining() > 0 {
+            let e: fuse::Dirent = rd.read().unwrap();
+            let n = rd.take(e.namelen as usize, "name").unwrap().to_vec();
+            let pad = fuse::dirent_size(e.namelen as usize, false) - fuse::Dirent::SIZE;
+            rd.skip(pad - e.namelen as usize, "pad").unwrap();
+            out.push((String::from_utf8(n).unwrap(), e.off));
+        }
+        out
+    };
+    // Room for three 32-byte entries.
+    let first = page(&mut c, 0, 96);
+    assert_eq!(first.len(), 3);
+    let rest = page(&mut c, first[2].1, 96);
+    assert_eq!(rest, [("ro".to_string(), 4)]);
+    assert!(page(&mut c, 4, 96).is_empty());
+    c.release(ROOT_ID, fh, true).unwrap();
+}
