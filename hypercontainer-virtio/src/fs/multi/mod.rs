@@ -254,6 +254,19 @@ impl SharesHandle {
             source: Box::new(e),
         };
         share.validate_share().map_err(wrap)?;
+        self.insert(name, share.entry_timeout, || {
+            share.open_filesystem().map_err(wrap)
+        })
+    }
+
+    /// Register `name` and the filesystem `open` answers, unless the name
+    /// is taken or there are enough shares.
+    fn insert(
+        &self,
+        name: &str,
+        entry_timeout: Duration,
+        open: impl FnOnce() -> Result<Box<dyn FileSystem>>,
+    ) -> Result<()> {
         // Held while the directory opens, so that one name cannot be
         // added twice by racing callers.
         let mut reg = self.shared.lock();
@@ -263,12 +276,12 @@ impl SharesHandle {
         if reg.names.len() >= MAX_SHARES {
             return Err(Error::TooMany(name.to_string()));
         }
-        let fs = share.open_filesystem().map_err(wrap)?;
+        let fs = open()?;
         reg.names.push(name.to_string());
         reg.pending.push(Share {
             name: name.to_string(),
             fs,
-            entry_timeout: share.entry_timeout,
+            entry_timeout,
         });
         self.shared.dirty.store(true, Ordering::Release);
         Ok(())

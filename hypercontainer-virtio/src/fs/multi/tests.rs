@@ -3,6 +3,8 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::ids::{self, INNER_BITS};
 use super::*;
@@ -455,4 +457,118 @@ fn a_root_listing_continues_at_the_offset_of_its_last_entry() {
     assert_eq!(rest, [("ro".to_string(), 4)]);
     assert!(page(&mut c, 4, 96).is_empty());
     c.release(ROOT_ID, fh, true).unwrap();
+}
+
+/// A share whose own ids do not fit in 56 bits; records what it is given
+/// back.
+struct Huge {
+    given_back: Arc<Mutex<Vec<u64>>>,
+}
+
+const TOO_BIG: u64 = ids::MAX_INNER + 1;
+
+impl FileSystem for Huge {
+    fn getattr(
+        &mut self,
+        _: crate::fs::filesystem::Context,
+        _: u64,
+        _: Option<u64>,
+    ) -> crate::fs::filesystem::FsResult<(fuse::Attr, Duration)> {
+        let attr = fuse::Attr {
+            ino: 5,
+            mode: libc::S_IFDIR | 0o755,
+            ..Default::default()
+        };
+        Ok((attr, Duration::from_secs(1)))
+    }
+    fn lookup(
+        &mut self,
+        _: crate::fs::filesystem::Context,
+        _: u64,
+        _: &std::ffi::CStr,
+    ) -> crate::fs::filesystem::FsResult<crate::fs::filesystem::Entry> {
+        Ok(crate::fs::filesystem::Entry {
+            nodeid: TOO_BIG,
+            ..Default::default()
+        })
+    }
+    fn forget(&mut self, nodeid: u64, _: u64) {
+        self.given_back.lock().unwrap().push(nodeid);
+    }
+    fn opendir(
+        &mut self,
+        _: crate::fs::filesystem::Context,
+        _: u64,
+        _: u32,
+    ) -> crate::fs::filesystem::FsResult<(u64, u32)> {
+        Ok((TOO_BIG, 0))
+    }
+    fn releasedir(
+        &mut self,
+        _: crate::fs::filesystem::Context,
+        _: u64,
+        fh: u64,
+    ) -> crate::fs::filesystem::FsResult<()> {
+        self.given_back.lock().unwrap().push(fh);
+        Ok(())
+    }
+    fn readdir(
+        &mut self,
+        _: crate::fs::filesystem::Context,
+        _: u64,
+        _: u64,
+        offset: u64,
+        sink: &mut crate::fs::filesystem::DirSink,
+    ) -> crate::fs::filesystem::FsResult<()> {
+        let names: [(&[u8], u64); 2] = [(b"fits", 7), (b"big", TOO_BIG)];
+        for (i, (name, nodeid)) in names.into_iter().enumerate().skip(offset as usize) {
+            let d = crate::fs::filesystem::DirEntry {
+                ino: 9,
+                offset: i as u64 + 1,
+                typ: 8,
+                name,
+            };
+            let e = crate::fs::filesystem::Entry {
+                nodeid,
+                ..Default::default()
+            };
+            sink.push(&d, Some(&e));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn inner_ids_too_large_to_encode_are_eoverflow_and_given_back() {
+    let given_back = Arc::new(Mutex::new(Vec::new()));
+    let m = MultiFs::new();
+    let huge = Huge {
+        given_back: given_back.clone(),
+    };
+    m.handle()
+        .insert("huge", Duration::from_secs(1), || Ok(Box::new(huge)))
+        .unwrap();
+    let mut c = Client::new(Box::new(m));
+    let root = c.lookup(ROOT_ID, "huge").unwrap().nodeid;
+    assert_eq!(c.lookup(root, "x").unwrap_err(), libc::EOVERFLOW);
+    assert_eq!(c.opendir(root).unwrap_err(), libc::EOVERFLOW);
+    assert_eq!(*given_back.lock().unwrap(), [TOO_BIG, TOO_BIG]);
+    given_back.lock().unwrap().clear();
+    // readdirplus keeps the entries before the first that does not fit.
+    let fh = ids::encode(0, 1).unwrap();
+    let plus = |c: &mut Client<MultiFs>, offset| {
+        let body = encode(&fuse::ReadIn {
+            fh,
+            offset,
+            size: 4096,
+            ..Default::default()
+        });
+        c.call(opcode::READDIRPLUS, root, &body)
+    };
+    let r = plus(&mut c, 0).unwrap();
+    let e: fuse::EntryOut = Reader::new(&r).read().unwrap();
+    assert_eq!(ids::decode(e.nodeid), Some((0, 7)));
+    assert_eq!(r.len(), fuse::dirent_size(4, true));
+    assert_eq!(*given_back.lock().unwrap(), [TOO_BIG]);
+    assert_eq!(plus(&mut c, 1).unwrap_err(), libc::EOVERFLOW);
 }
