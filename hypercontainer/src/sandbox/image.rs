@@ -4,10 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::id::Scratch;
+use super::Error;
+use crate::kernel;
 use hypercontainer_image::{
     registry::ProgressFn, Client, ClientOptions, Image, ImageSource, ImageStore, Reference,
     ReferenceError, StoreError,
 };
+use hypercontainer_image::{ErofsBuilder, ProcessOverrides, SourceError};
 
 /// The image of a sandbox.
 ///
@@ -217,6 +221,123 @@ impl ImageRef {
             ImageRef::Rootfs(p) => format!("dir:{}", p.display()),
         }
     }
+}
+
+/// Applies the store's answer to a not-found check.
+fn image_err(image: &ImageRef, e: StoreError) -> Error {
+    let missing = match &e {
+        StoreError::Source(SourceError::Missing(_) | SourceError::ReferenceNotFound(_))
+        | StoreError::NotPulled { .. }
+        | StoreError::Registry(hypercontainer_image::RegistryError::NotFound { .. }) => true,
+        StoreError::Source(SourceError::Io { source, .. }) => {
+            source.kind() == std::io::ErrorKind::NotFound
+        }
+        _ => false,
+    };
+    let image = image.describe();
+    if missing {
+        Error::ImageNotFound {
+            image,
+            source: Box::new(e),
+        }
+    } else {
+        Error::Image {
+            image,
+            source: Box::new(e),
+        }
+    }
+}
+
+pub(super) fn prepare_image(
+    image: &ImageRef,
+    store: Option<&ImageStore>,
+    pull: &PullOptions,
+    scratch: &Scratch,
+    overrides: &ProcessOverrides,
+) -> super::Result<(Vec<PathBuf>, hypercontainer_image::ProcessDefaults)> {
+    let config;
+    let layers = match image {
+        ImageRef::Source { .. } | ImageRef::Registry(_) => {
+            if let Some(p) = image_path(image) {
+                if !p.exists() {
+                    return Err(Error::ImageNotFound {
+                        image: image.describe(),
+                        source: Box::new(StoreError::Source(SourceError::Missing(
+                            p.display().to_string(),
+                        ))),
+                    });
+                }
+            }
+            let opened;
+            let store = match store {
+                Some(s) => s,
+                None => {
+                    let root = kernel::cache_dir()?.join("images");
+                    opened = ImageStore::open(&root).map_err(|e| Error::Image {
+                        image: image.describe(),
+                        source: Box::new(e),
+                    })?;
+                    &opened
+                }
+            };
+            let img = import(image, store, pull).map_err(|e| image_err(image, e))?;
+            config = img.config.clone();
+            layer_files(&img)?
+        }
+        ImageRef::Imported(img) => {
+            config = img.config.clone();
+            layer_files(img)?
+        }
+        ImageRef::Rootfs(dir) => {
+            if !dir.is_dir() {
+                return Err(Error::ImageNotFound {
+                    image: image.describe(),
+                    source: Box::new(StoreError::Source(SourceError::Missing(
+                        dir.display().to_string(),
+                    ))),
+                });
+            }
+            let out = scratch.0.join("rootfs.erofs");
+            ErofsBuilder::new()
+                .build(dir, &out)
+                .map_err(|source| Error::RootfsDisk {
+                    path: dir.clone(),
+                    source,
+                })?;
+            config = empty_config();
+            vec![out]
+        }
+    };
+    let defaults = hypercontainer_image::process::process_defaults(&config, overrides)
+        .map_err(Error::Process)?;
+    Ok((layers, defaults))
+}
+
+fn image_path(image: &ImageRef) -> Option<&Path> {
+    use hypercontainer_image::ImageSource::*;
+    match image {
+        ImageRef::Source {
+            source: OciLayout { path } | OciArchive { path } | DockerArchive { path },
+            ..
+        } => Some(path),
+        _ => None,
+    }
+}
+
+/// The config of a bare root filesystem: nothing but the defaults.
+fn empty_config() -> oci_spec::image::ImageConfiguration {
+    oci_spec::image::ImageConfiguration::default()
+}
+
+fn layer_files(img: &hypercontainer_image::Image) -> super::Result<Vec<PathBuf>> {
+    img.layers
+        .iter()
+        .map(|l| {
+            l.erofs_path
+                .clone()
+                .ok_or_else(|| Error::NoLayerImage(l.diff_id.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

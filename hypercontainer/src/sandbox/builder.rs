@@ -1,0 +1,568 @@
+//! [`SandboxBuilder`]: a sandbox's settings, checked, then the start steps.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hypercontainer_image::ProcessOverrides;
+use hypercontainer_protocol::{Process as ProtoProcess, Rootfs, Start, Upper, WindowSize};
+
+use super::id::{new_id, Scratch};
+use super::image::{prepare_image, ImageRef, PullOptions, PullPolicy};
+use super::network::{self, NetworkInterface};
+use super::signal::parse_signal;
+use super::watch::{accept_agent, boot_failure, vm_gone, Ended};
+use super::{
+    Disk, Error, HostTimes, Limits, Output, Result, Sandbox, Seccomp, Tmpfs, DEFAULT_BOOT_TIMEOUT,
+    DEFAULT_MEMORY_MIB, GUEST_CID, SANDBOX_CMDLINE,
+};
+use crate::agent_client::{error_chain, AgentClient};
+use crate::guest;
+use crate::host::{self, KvmKind};
+use crate::kernel;
+use crate::spec::{self, ContainerOptions};
+use crate::vmm::{self, BlockConfig, ConsoleSink, VmBuilder};
+use hypercontainer_image::ImageStore;
+
+/// Configures and starts a [`Sandbox`]. See the [module docs](self).
+pub struct SandboxBuilder {
+    image: Option<ImageRef>,
+    store: Option<ImageStore>,
+    pull: PullOptions,
+    overrides: ProcessOverrides,
+    vcpus: u32,
+    memory_mib: u64,
+    share_kernel_pages: bool,
+    hostname: Option<String>,
+    stdin: bool,
+    tty: Option<WindowSize>,
+    disks: Vec<Disk>,
+    kernel: Option<PathBuf>,
+    agent: Option<PathBuf>,
+    stdout: Output,
+    stderr: Output,
+    console: Option<Box<dyn ConsoleSink>>,
+    kernel_args: Vec<String>,
+    network: Vec<NetworkInterface>,
+    dns: Vec<std::net::IpAddr>,
+    boot_timeout: Duration,
+    container: ContainerOptions,
+}
+
+impl std::fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("image", &self.image)
+            .field("overrides", &self.overrides)
+            .field("vcpus", &self.vcpus)
+            .field("memory_mib", &self.memory_mib)
+            .field("share_kernel_pages", &self.share_kernel_pages)
+            .field("container", &self.container)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        Self {
+            image: None,
+            store: None,
+            pull: PullOptions::default(),
+            overrides: ProcessOverrides::new(),
+            vcpus: 1,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            share_kernel_pages: true,
+            hostname: None,
+            stdin: false,
+            tty: None,
+            disks: Vec::new(),
+            kernel: None,
+            agent: None,
+            stdout: Output::Piped,
+            stderr: Output::Piped,
+            console: None,
+            kernel_args: Vec::new(),
+            network: Vec::new(),
+            dns: Vec::new(),
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            container: ContainerOptions::default(),
+        }
+    }
+}
+
+impl SandboxBuilder {
+    /// The image to run (required).
+    pub fn image(mut self, image: ImageRef) -> Self {
+        self.image = Some(image);
+        self
+    }
+
+    /// The image store to import into (default: `<cache>/images`, see
+    /// [`crate::kernel::cache_dir`]).
+    pub fn image_store(mut self, store: ImageStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// When registry images are pulled (default [`PullPolicy::Missing`]).
+    pub fn pull_policy(mut self, policy: PullPolicy) -> Self {
+        self.pull.policy = policy;
+        self
+    }
+
+    /// How registries are reached: auth files, CAs, insecure registries
+    /// (default: [`hypercontainer_image::ClientOptions::new`]).
+    pub fn registry(mut self, options: hypercontainer_image::ClientOptions) -> Self {
+        self.pull.client = options;
+        self
+    }
+
+    /// Reports each layer's download progress while a registry image is pulled.
+    pub fn pull_progress(
+        mut self,
+        f: impl Fn(&hypercontainer_image::LayerProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.pull.progress = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Replaces the image's entrypoint (and drops its Cmd, as Docker does).
+    pub fn entrypoint<I: IntoIterator<Item = S>, S: Into<String>>(mut self, argv: I) -> Self {
+        self.overrides = self.overrides.entrypoint(argv);
+        self
+    }
+
+    /// Replaces the image's Cmd (the command, or the entrypoint's arguments).
+    pub fn cmd<I: IntoIterator<Item = S>, S: Into<String>>(mut self, argv: I) -> Self {
+        self.overrides = self.overrides.cmd(argv);
+        self
+    }
+
+    /// Sets an environment variable (wins over the image's).
+    pub fn env(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        self.overrides = self.overrides.env(key, value);
+        self
+    }
+
+    /// Sets the working directory (absolute).
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.overrides = self.overrides.working_dir(dir);
+        self
+    }
+
+    /// Sets the user (`name`, `uid`, `name:group`, `uid:gid`).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.overrides = self.overrides.user(user);
+        self
+    }
+
+    /// Number of vCPUs (default 1).
+    pub fn vcpus(mut self, n: u32) -> Self {
+        self.vcpus = n;
+        self
+    }
+
+    /// Guest memory in MiB (default [`DEFAULT_MEMORY_MIB`]).
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Share the guest kernel's and agent initramfs's unmodified pages with
+    /// the other sandboxes instead of copying them into this one's memory
+    /// (default on); see [`VmBuilder::share_kernel_pages`].
+    pub fn share_kernel_pages(mut self, on: bool) -> Self {
+        self.share_kernel_pages = on;
+        self
+    }
+
+    /// The container's host name (default: derived from the sandbox id).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// Keep the process's stdin open for [`Sandbox::stdin`] (default: the
+    /// process sees end of file at once).
+    pub fn stdin(mut self, open: bool) -> Self {
+        self.stdin = open;
+        self
+    }
+
+    /// Run the process on a terminal of `rows` x `cols` (stdout and stderr
+    /// merge into stdout).
+    pub fn tty(mut self, rows: u16, cols: u16) -> Self {
+        self.tty = Some(WindowSize { rows, cols });
+        self
+    }
+
+    /// Adds a disk.
+    pub fn disk(mut self, disk: Disk) -> Self {
+        self.disks.push(disk);
+        self
+    }
+
+    /// The guest kernel (default: [`kernel::default_kernel`]).
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kernel = Some(path.into());
+        self
+    }
+
+    /// The agent binary (default: [`guest::default_agent`]).
+    pub fn agent(mut self, path: impl Into<PathBuf>) -> Self {
+        self.agent = Some(path.into());
+        self
+    }
+
+    /// Where the main process's stdout goes (default [`Output::Piped`]).
+    pub fn stdout(mut self, out: Output) -> Self {
+        self.stdout = out;
+        self
+    }
+
+    /// Where the main process's stderr goes (default [`Output::Piped`]).
+    pub fn stderr(mut self, out: Output) -> Self {
+        self.stderr = out;
+        self
+    }
+
+    /// Sends the guest's serial console (kernel messages) to a writer
+    /// (default: discarded; the last lines are kept for error reports).
+    pub fn console_writer(mut self, w: impl Write + Send + 'static) -> Self {
+        self.console = Some(Box::new(vmm::WriterSink(w)));
+        self
+    }
+
+    /// Adds a network interface: a virtio-net device on a host tap, which
+    /// the agent configures in the guest before the container starts (see
+    /// [`NetworkInterface`]). At most
+    /// [`MAX_INTERFACES`](hypercontainer_protocol::MAX_INTERFACES). Without
+    /// one the sandbox has only its loopback interface.
+    pub fn network(mut self, interface: NetworkInterface) -> Self {
+        self.network.push(interface);
+        self
+    }
+
+    /// Adds a DNS server written to the container's `/etc/resolv.conf`
+    /// (default: the image's file is kept).
+    pub fn dns(mut self, server: std::net::IpAddr) -> Self {
+        self.dns.push(server);
+        self
+    }
+
+    /// Appends an argument to the guest kernel's command line (after
+    /// [`SANDBOX_CMDLINE`]), e.g. `loglevel=7` to see the kernel's boot
+    /// messages on the console, or a module parameter.
+    ///
+    /// ```
+    /// # use hypercontainer::sandbox::Sandbox;
+    /// let b = Sandbox::builder().kernel_arg("loglevel=7");
+    /// ```
+    pub fn kernel_arg(mut self, arg: impl Into<String>) -> Self {
+        self.kernel_args.push(arg.into());
+        self
+    }
+
+    /// Time allowed from `start()` until the agent says hello (default
+    /// [`DEFAULT_BOOT_TIMEOUT`]).
+    pub fn boot_timeout(mut self, t: Duration) -> Self {
+        self.boot_timeout = t;
+        self
+    }
+
+    /// How the container is confined (capabilities, seccomp, read-only
+    /// root, tmpfs mounts, `/dev/shm` size, sysctls, cgroup limits), all at
+    /// once; the default is Docker's. The methods below change one setting
+    /// each.
+    pub fn container_options(mut self, options: ContainerOptions) -> Self {
+        self.container = options;
+        self
+    }
+
+    /// Adds a capability (`docker run --cap-add`; `ALL` for all).
+    pub fn cap_add(mut self, cap: impl Into<String>) -> Self {
+        self.container.cap_add.push(cap.into());
+        self
+    }
+
+    /// Drops a capability (`docker run --cap-drop`; `ALL` for all).
+    pub fn cap_drop(mut self, cap: impl Into<String>) -> Self {
+        self.container.cap_drop.push(cap.into());
+        self
+    }
+
+    /// The seccomp filter (default: [`Seccomp::Default`], the
+    /// containers-common profile; [`Seccomp::Unconfined`] for none).
+    pub fn seccomp(mut self, seccomp: Seccomp) -> Self {
+        self.container.seccomp = seccomp;
+        self
+    }
+
+    /// Sets `no_new_privs` for every process of the container.
+    pub fn no_new_privileges(mut self, on: bool) -> Self {
+        self.container.no_new_privileges = on;
+        self
+    }
+
+    /// Mounts the root filesystem read-only (`docker run --read-only`).
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.container.read_only = on;
+        self
+    }
+
+    /// Adds a tmpfs mount (`docker run --tmpfs`).
+    pub fn tmpfs(mut self, tmpfs: Tmpfs) -> Self {
+        self.container.tmpfs.push(tmpfs);
+        self
+    }
+
+    /// The size of `/dev/shm` in bytes (default 64 MiB).
+    pub fn shm_size(mut self, bytes: u64) -> Self {
+        self.container.shm_size = Some(bytes);
+        self
+    }
+
+    /// Sets a namespaced sysctl (`docker run --sysctl`).
+    pub fn sysctl(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.container.sysctls.insert(key.into(), value.into());
+        self
+    }
+
+    /// cgroup limits of the container inside the VM (memory, CPU, pids).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.container.limits = limits;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.image.is_none() {
+            return Err(Error::NoImage);
+        }
+        if self.vcpus == 0 {
+            return Err(Error::Config("a sandbox needs at least one vCPU".into()));
+        }
+        if self.memory_mib < 64 {
+            return Err(Error::Config(format!(
+                "{} MiB of memory is too little for a sandbox: give at least 64",
+                self.memory_mib
+            )));
+        }
+        for d in &self.disks {
+            if d.serial.is_empty() || d.serial.len() > 20 || d.serial.starts_with("layer") {
+                return Err(Error::Config(format!(
+                    "disk serial {:?} must be 1 to 20 bytes and not start with \"layer\"",
+                    d.serial
+                )));
+            }
+        }
+        if self.network.len() > hypercontainer_protocol::MAX_INTERFACES {
+            return Err(Error::Config(format!(
+                "{} network interfaces: at most {} are supported",
+                self.network.len(),
+                hypercontainer_protocol::MAX_INTERFACES
+            )));
+        }
+        for n in &self.network {
+            n.validate().map_err(Error::Config)?;
+        }
+        if let Some(h) = &self.hostname {
+            if h.len() > 64 || h.contains(['/', '\0']) {
+                return Err(Error::Config(format!("invalid host name {h:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates the settings, prepares the image, boots the VM and starts
+    /// the process. Returns once the process runs (or with the reason it
+    /// could not be started).
+    pub fn start(self) -> Result<Sandbox> {
+        let t0 = Instant::now();
+        self.validate()?;
+        let kernel = match &self.kernel {
+            Some(k) => k.clone(),
+            None => kernel::default_kernel()?,
+        };
+        let agent = match &self.agent {
+            Some(a) => a.clone(),
+            None => guest::default_agent()?,
+        };
+        let initramfs = guest::agent_initramfs(&agent)?;
+        check_kvm()?;
+
+        let id = new_id();
+        let scratch = Scratch::new(&id)?;
+        let image = self.image.as_ref().ok_or(Error::NoImage)?;
+        let (layers, defaults) = prepare_image(
+            image,
+            self.store.as_ref(),
+            &self.pull,
+            &scratch,
+            &self.overrides,
+        )?;
+        let image_ready = t0.elapsed();
+
+        let user = match &defaults.user.group {
+            Some(g) => format!("{}:{g}", defaults.user.user),
+            None => defaults.user.user.clone(),
+        };
+        let hostname = self
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
+        let spec = spec::container_spec(&self.container, &user).map_err(Error::Spec)?;
+        let process = ProtoProcess {
+            argv: defaults.args.clone(),
+            env: spec::container_env(&defaults.env, &hostname, self.tty.is_some()),
+            cwd: defaults.working_dir.clone(),
+            user,
+            terminal: self.tty.is_some(),
+            window: self.tty,
+            ..ProtoProcess::default()
+        };
+        let stop_signal = defaults
+            .stop_signal
+            .as_deref()
+            .and_then(parse_signal)
+            .unwrap_or(libc::SIGTERM);
+
+        let mut b = VmBuilder::new()
+            .kernel(&kernel)
+            .initramfs(&initramfs.path)
+            .cmdline(SANDBOX_CMDLINE)
+            .memory_mib(self.memory_mib)
+            .vcpus(self.vcpus)
+            .share_kernel_pages(self.share_kernel_pages);
+        if let Some(c) = self.console {
+            b = b.console(BoxedSink(c));
+        }
+        let mut serials = Vec::new();
+        for (i, path) in layers.iter().enumerate() {
+            let serial = format!("layer{i}");
+            b = b.block(BlockConfig::new(path).read_only(true).serial(&serial));
+            serials.push(serial);
+        }
+        for d in &self.disks {
+            b = b.block(
+                BlockConfig::new(&d.path)
+                    .read_only(d.read_only)
+                    .serial(&d.serial),
+            );
+        }
+        for a in &self.kernel_args {
+            b = b.append_cmdline(a);
+        }
+        let mut interfaces = Vec::new();
+        for (i, n) in self.network.into_iter().enumerate() {
+            let (config, iface) = n.into_parts(network::sandbox_mac(&id, i));
+            b = b.net(config);
+            interfaces.push(iface);
+        }
+        let vm = b.vsock(GUEST_CID).rng().build().map_err(vm_build_err)?;
+        let vm_built = t0.elapsed();
+        let vm = Arc::new(Mutex::new(vm));
+        let ended: Ended = Arc::default();
+
+        let deadline = t0 + self.boot_timeout;
+        let conn = accept_agent(&vm, &ended, deadline, self.boot_timeout)?;
+        let agent_connected = t0.elapsed();
+        let hook_vm = Arc::downgrade(&vm);
+        let hook_ended = ended.clone();
+        let client = AgentClient::connect(
+            conn,
+            deadline.saturating_duration_since(Instant::now()),
+            Some(Box::new(move || vm_gone(&hook_vm, &hook_ended))),
+        )
+        .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
+
+        let main = client
+            .start(
+                Start {
+                    id: 0,
+                    rootfs: Rootfs::Layers {
+                        layers: serials,
+                        upper: Upper::Tmpfs,
+                    },
+                    shares: Vec::new(),
+                    process: process.clone(),
+                    hostname,
+                    hosts: None,
+                    resolv_conf: (!self.dns.is_empty()).then(|| network::resolv_conf(&self.dns)),
+                    network: interfaces,
+                    spec,
+                },
+                self.stdout,
+                self.stderr,
+            )
+            .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
+        if !self.stdin {
+            main.close_stdin()
+                .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
+        }
+        main.wait_started(None)
+            .map_err(|e| boot_failure(&vm, &ended, "while starting the process", e))?;
+
+        let first_run = vm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .boot_times()
+            .first_run
+            .map(|t| t.saturating_duration_since(t0));
+        Ok(Sandbox {
+            id,
+            main,
+            client,
+            vm,
+            ended,
+            stop_signal,
+            template: process,
+            t0,
+            host: HostTimes {
+                image_ready,
+                vm_built,
+                first_run,
+                agent_connected,
+            },
+            _scratch: scratch,
+        })
+    }
+}
+
+/// A [`ConsoleSink`] in a box.
+pub(super) struct BoxedSink(Box<dyn ConsoleSink>);
+
+impl ConsoleSink for BoxedSink {
+    fn write(&mut self, data: &[u8]) {
+        self.0.write(data)
+    }
+}
+
+pub(super) fn check_kvm() -> Result<()> {
+    match host::detect_kvm() {
+        KvmKind::Hardware => Ok(()),
+        KvmKind::Missing => Err(Error::KvmUnusable {
+            reason: "/dev/kvm does not exist: load kvm-intel or kvm-amd, or enable nested \
+                     virtualization for this VM"
+                .into(),
+        }),
+        KvmKind::Pvm => Err(Error::KvmUnusable {
+            reason: "/dev/kvm is served by PVM (Pagetable-based Virtual Machine), which cannot \
+                     boot the stock guest kernel; run on hardware-assisted KVM (Intel VT-x or \
+                     AMD-V, bare metal or nested), e.g. inside the emulated KVM host with \
+                     `cargo xtask run -- run IMAGE`"
+                .into(),
+        }),
+    }
+}
+
+pub(super) fn vm_build_err(e: vmm::Error) -> Error {
+    match e {
+        vmm::Error::KvmMissing | vmm::Error::KvmPermission(_) | vmm::Error::PvmHost { .. } => {
+            Error::KvmUnusable {
+                reason: error_chain(&e),
+            }
+        }
+        e => Error::Vm(e),
+    }
+}
