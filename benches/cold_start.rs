@@ -205,6 +205,7 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
                         .collect(),
                     upper: Upper::Tmpfs,
                 },
+                shares: Vec::new(),
                 process: Process {
                     argv: vec!["echo".into(), "hi".into()],
                     env: vec![

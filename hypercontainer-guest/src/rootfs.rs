@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hypercontainer_protocol::{Rootfs, Upper};
+use hypercontainer_protocol::{share_mount_point, Rootfs, Upper, SHARES_DIR};
 
 use crate::sys;
 
@@ -41,6 +41,10 @@ pub enum Error {
     /// A rootfs path is not absolute.
     #[error("rootfs directory {0:?} is not an absolute path")]
     NotAbsolute(String),
+    /// A share tag is empty, too long, or holds a character that cannot be
+    /// part of a path component.
+    #[error("virtio-fs tag {0:?} is not a valid share name")]
+    BadShareTag(String),
 }
 
 /// Result alias of this module.
@@ -74,8 +78,9 @@ fn mkdir_p(p: &Path) -> Result<()> {
     fs::create_dir_all(p).ctx(|| format!("creating {}", p.display()))
 }
 
-/// Where the agent assembles layers and the overlay.
-const WORK_DIR: &str = "/run/hypercontainer";
+/// Where the agent assembles layers and the overlay (a tmpfs of its own,
+/// beside [`SHARES_DIR`]).
+const WORK_DIR: &str = "/run/hypercontainer/rootfs";
 
 /// First steps of the agent as PID 1 of a VM: leave the initramfs for a
 /// tmpfs root (so that `pivot_root` works later: the initramfs itself can
@@ -178,11 +183,17 @@ fn mount_layer(serial: &str, target: &Path) -> Result<()> {
     })
 }
 
-/// Mounts the layers and the overlay; returns the overlay's mount point.
-fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
-    let work = Path::new(WORK_DIR);
-    mkdir_p(work)?;
-    mount("tmpfs", work, Some("tmpfs"), 0, Some("mode=700"))?;
+/// The agent's work directory: a fresh tmpfs at [`WORK_DIR`].
+fn work_dir() -> Result<PathBuf> {
+    let work = PathBuf::from(WORK_DIR);
+    mkdir_p(&work)?;
+    mount("tmpfs", &work, Some("tmpfs"), 0, Some("mode=700"))?;
+    Ok(work)
+}
+
+/// Mounts the layer disks under `work`; returns their mount points, lowest
+/// first (an empty directory when there are none).
+fn mount_layers(work: &Path, layers: &[String]) -> Result<Vec<PathBuf>> {
     let mut lower = Vec::new();
     for (i, serial) in layers.iter().enumerate() {
         let dir = work.join(format!("layer{i}"));
@@ -196,6 +207,12 @@ fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
         mkdir_p(&empty)?;
         lower.push(empty);
     }
+    Ok(lower)
+}
+
+/// Mounts an overlay of `lower` (lowest first) under `upper` at
+/// `work/root`, and returns that path.
+fn overlay(work: &Path, lower: &[PathBuf], upper: &Upper) -> Result<PathBuf> {
     let upper_base = match upper {
         Upper::Tmpfs => work.join("tmp-upper"),
         Upper::Disk { serial } => {
@@ -234,6 +251,50 @@ fn assemble_layers(layers: &[String], upper: &Upper) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// Whether `p` is the root of a mount (its device differs from its
+/// parent's).
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (fs::metadata(p), p.parent().map(fs::metadata)) else {
+        return false;
+    };
+    me.dev() != parent.dev()
+}
+
+/// Mounts each virtio-fs device of `tags` at its
+/// [`share_mount_point`], before the root filesystem is built. A tag that
+/// is already mounted there is left alone (an exec or a second container
+/// of the same VM).
+pub fn mount_shares(tags: &[String]) -> Result<()> {
+    for tag in tags {
+        let ok = !tag.is_empty()
+            && tag.len() <= 36
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && tag != "."
+            && tag != "..";
+        if !ok {
+            return Err(Error::BadShareTag(tag.clone()));
+        }
+        let dir = PathBuf::from(share_mount_point(tag));
+        mkdir_p(Path::new(SHARES_DIR))?;
+        mkdir_p(&dir)?;
+        if is_mount_point(&dir) {
+            continue;
+        }
+        mount(
+            tag,
+            &dir,
+            Some("virtiofs"),
+            libc::MS_NODEV | libc::MS_NOSUID,
+            None,
+        )?;
+        crate::trace::trace!("share {tag} mounted");
+    }
+    Ok(())
+}
+
 /// Creates `p` as a directory if nothing is there; a symlink or other entry
 /// from the image is replaced, so that writes never follow image symlinks.
 fn ensure_dir(p: &Path) -> Result<()> {
@@ -248,8 +309,8 @@ fn ensure_dir(p: &Path) -> Result<()> {
 }
 
 /// Builds the root filesystem described by `spec` in the agent's own mount
-/// namespace and returns its path: the overlay of the layer disks, or the
-/// given directory. The container's mounts and `pivot_root` come later, in
+/// namespace and returns its path: the overlay of the layer disks, the
+/// given directory, or an overlay over it. The container's mounts and `pivot_root` come later, in
 /// its own mount namespace (see [`crate::container::mounts`]).
 pub fn prepare(spec: &Rootfs) -> Result<PathBuf> {
     match spec {
@@ -260,7 +321,18 @@ pub fn prepare(spec: &Rootfs) -> Result<PathBuf> {
             }
             Ok(p)
         }
-        Rootfs::Layers { layers, upper } => assemble_layers(layers, upper),
+        Rootfs::Layers { layers, upper } => {
+            let work = work_dir()?;
+            let lower = mount_layers(&work, layers)?;
+            overlay(&work, &lower, upper)
+        }
+        Rootfs::Overlay { lower, upper } => {
+            let p = PathBuf::from(lower);
+            if !p.is_absolute() {
+                return Err(Error::NotAbsolute(lower.clone()));
+            }
+            overlay(&work_dir()?, &[p], upper)
+        }
     }
 }
 

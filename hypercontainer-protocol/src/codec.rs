@@ -194,16 +194,24 @@ impl Enc<'_> {
             Rootfs::Layers { layers, upper } => {
                 self.u8(1);
                 self.strs(layers)?;
-                match upper {
-                    Upper::Tmpfs => self.u8(0),
-                    Upper::Disk { serial } => {
-                        self.u8(1);
-                        self.str(serial)?;
-                    }
-                }
-                Ok(())
+                self.upper(upper)
+            }
+            Rootfs::Overlay { lower, upper } => {
+                self.u8(2);
+                self.str(lower)?;
+                self.upper(upper)
             }
         }
+    }
+    fn upper(&mut self, u: &Upper) -> Result<()> {
+        match u {
+            Upper::Tmpfs => self.u8(0),
+            Upper::Disk { serial } => {
+                self.u8(1);
+                self.str(serial)?;
+            }
+        }
+        Ok(())
     }
     fn payload(&mut self, m: &Message) -> Result<()> {
         match m {
@@ -214,6 +222,7 @@ impl Enc<'_> {
             Message::Start(s) => {
                 self.u32(s.id);
                 self.rootfs(&s.rootfs)?;
+                self.strs(&s.shares)?;
                 self.process(&s.process)?;
                 self.str(&s.hostname)?;
                 self.opt_str(&s.hosts)?;
@@ -498,20 +507,26 @@ impl<'a> Dec<'a> {
         })
     }
     fn rootfs(&mut self) -> Result<Rootfs> {
-        Ok(match self.tag("rootfs kind", 1)? {
+        Ok(match self.tag("rootfs kind", 2)? {
             0 => Rootfs::Directory {
                 path: self.str("rootfs path")?,
             },
-            _ => {
-                let layers = self.strs("layer serials")?;
-                let upper = match self.tag("upper kind", 1)? {
-                    0 => Upper::Tmpfs,
-                    _ => Upper::Disk {
-                        serial: self.str("upper serial")?,
-                    },
-                };
-                Rootfs::Layers { layers, upper }
-            }
+            1 => Rootfs::Layers {
+                layers: self.strs("layer serials")?,
+                upper: self.upper()?,
+            },
+            _ => Rootfs::Overlay {
+                lower: self.str("overlay lower")?,
+                upper: self.upper()?,
+            },
+        })
+    }
+    fn upper(&mut self) -> Result<Upper> {
+        Ok(match self.tag("upper kind", 1)? {
+            0 => Upper::Tmpfs,
+            _ => Upper::Disk {
+                serial: self.str("upper serial")?,
+            },
         })
     }
 }
@@ -538,6 +553,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message> {
         0x10 => Message::Start(Box::new(Start {
             id: d.u32("id")?,
             rootfs: d.rootfs()?,
+            shares: d.strs("share tags")?,
             process: d.process()?,
             hostname: d.str("hostname")?,
             hosts: d.opt_str("hosts")?,
@@ -769,6 +785,7 @@ mod tests {
                         serial: "upper".into(),
                     },
                 },
+                shares: Vec::new(),
                 process: sample_process(),
                 hostname: "box".into(),
                 hosts: Some("127.0.0.1 localhost\n".into()),
@@ -783,6 +800,7 @@ mod tests {
                 rootfs: Rootfs::Directory {
                     path: "/srv/root".into(),
                 },
+                shares: vec!["vols".into(), "root".into()],
                 process: Process::default(),
                 hostname: String::new(),
                 hosts: None,
@@ -805,10 +823,11 @@ mod tests {
             })),
             Message::Start(Box::new(Start {
                 id: 3,
-                rootfs: Rootfs::Layers {
-                    layers: vec![],
+                rootfs: Rootfs::Overlay {
+                    lower: "/run/hypercontainer/shares/root/rootfs".into(),
                     upper: Upper::Tmpfs,
                 },
+                shares: Vec::new(),
                 process: Process::default(),
                 hostname: "h".into(),
                 hosts: None,
@@ -1081,6 +1100,7 @@ mod tests {
             Message::Start(Box::new(Start {
                 id: 1,
                 rootfs: Rootfs::Directory { path: "/r".into() },
+                shares: Vec::new(),
                 process: Process::default(),
                 hostname: String::new(),
                 hosts: None,
@@ -1133,6 +1153,7 @@ mod tests {
         let good = Message::Start(Box::new(Start {
             id: 1,
             rootfs: Rootfs::Directory { path: "/r".into() },
+            shares: Vec::new(),
             process: Process::default(),
             hostname: String::new(),
             hosts: None,

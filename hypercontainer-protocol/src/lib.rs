@@ -107,7 +107,7 @@ pub mod message;
 pub use oci_spec::runtime as oci;
 
 pub use codec::{Error, FrameDecoder, Result};
-pub use message::{bare_spec, mac_to_string};
+pub use message::{bare_spec, mac_to_string, share_mount_point, SHARES_DIR};
 pub use message::{
     BootStage, ErrorKind, Hello, Interface, Message, Process, ProcessId, Rlimit, RlimitResource,
     Rootfs, Start, Upper, WindowSize, MAX_INTERFACES,
@@ -115,8 +115,9 @@ pub use message::{
 
 /// Version of this protocol; both sides must speak the same one (2: `Start`
 /// carries network interfaces; 3: `Start` carries the OCI runtime spec and
-/// `Exited` the OOM flag).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `Exited` the OOM flag; 4: `Start` carries virtio-fs shares, and
+/// [`Rootfs::Overlay`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

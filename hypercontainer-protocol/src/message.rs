@@ -41,6 +41,7 @@ impl Hello {
 ///
 /// Wire: a tag byte, then the variant's fields: `0` [`Rootfs::Directory`]
 /// (`path: string`); `1` [`Rootfs::Layers`] (`layers: [string]`,
+/// `upper: Upper`); `2` [`Rootfs::Overlay`] (`lower: string`,
 /// `upper: Upper`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rootfs {
@@ -57,6 +58,15 @@ pub enum Rootfs {
         /// order of an OCI manifest). Each disk holds an EROFS or ext4
         /// filesystem (detected by the agent) mounted read-only.
         layers: Vec<String>,
+        /// Where writes go.
+        upper: Upper,
+    },
+    /// An existing directory of the agent's filesystem (typically a share
+    /// of [`Start::shares`]) used read-only as the one lower layer of an
+    /// overlay, so that the container's writes never reach it.
+    Overlay {
+        /// Absolute path of the lower directory.
+        lower: String,
         /// Where writes go.
         upper: Upper,
     },
@@ -235,7 +245,8 @@ pub struct Process {
 
 /// Start the container: build the root filesystem, then run its main process.
 ///
-/// Wire, in order: `id: u32`, `rootfs: Rootfs`, `process: Process`,
+/// Wire, in order: `id: u32`, `rootfs: Rootfs`, `shares: [string]`,
+/// `process: Process`,
 /// `hostname: string`, `hosts: option<string>`, `resolv_conf: option<string>`,
 /// `network: list<Interface>`, `spec: string` (the OCI runtime spec as
 /// JSON, `config.json`'s format).
@@ -249,6 +260,11 @@ pub struct Start {
     pub id: ProcessId,
     /// The root filesystem.
     pub rootfs: Rootfs,
+    /// Tags of virtio-fs devices the agent mounts, before it builds the root
+    /// filesystem, at [`share_mount_point`]`(tag)`; the rootfs and the
+    /// spec's bind mounts may then name paths under them. A tag already
+    /// mounted there is left as it is.
+    pub shares: Vec<String>,
     /// The main process.
     pub process: Process,
     /// Host name set in the container (`sethostname` and `/etc/hostname`);
@@ -277,6 +293,19 @@ pub struct Start {
     /// network or user namespace cannot be asked for (the VM is the
     /// network boundary). [`bare_spec`] confines nothing.
     pub spec: crate::oci::Spec,
+}
+
+/// The directory under which the agent mounts the virtio-fs shares of
+/// [`Start::shares`].
+pub const SHARES_DIR: &str = "/run/hypercontainer/shares";
+
+/// Where the agent mounts the virtio-fs device tagged `tag`.
+///
+/// ```
+/// assert_eq!(hypercontainer_protocol::share_mount_point("vols"), "/run/hypercontainer/shares/vols");
+/// ```
+pub fn share_mount_point(tag: &str) -> String {
+    format!("{SHARES_DIR}/{tag}")
 }
 
 /// A spec that confines nothing: no new namespaces but the mount namespace

@@ -25,6 +25,7 @@
 //!     Start {
 //!         id: 0, // replaced by the client
 //!         rootfs: Rootfs::Layers { layers: vec!["layer0".into()], upper: Upper::Tmpfs },
+//!         shares: Vec::new(),
 //!         process: Process { argv: vec!["echo".into(), "hi".into()], ..Process::default() },
 //!         hostname: "box".into(),
 //!         hosts: None,
@@ -965,6 +966,7 @@ mod tests {
                 layers: vec![],
                 upper: Upper::Tmpfs,
             },
+            shares: Vec::new(),
             process: Process {
                 argv: vec!["x".into()],
                 ..Process::default()

@@ -108,6 +108,7 @@ fn start(a: &Agent, p: Process) -> Start {
         rootfs: Rootfs::Directory {
             path: a.rootfs.clone(),
         },
+        shares: Vec::new(),
         process: p,
         hostname: "client-test".into(),
         hosts: None,

@@ -116,6 +116,7 @@ impl Container {
                 eprintln!("hypercontainer-agent: warning: seccomp flag {flag:?} is not supported by this kernel; ignored");
             }
         }
+        rootfs::mount_shares(&start.shares).map_err(Error::Rootfs)?;
         let root = rootfs::prepare(&start.rootfs).map_err(Error::Rootfs)?;
         let etc = mounts::EtcFiles {
             hostname: start.hostname.clone(),

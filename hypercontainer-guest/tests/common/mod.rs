@@ -241,6 +241,7 @@ impl Session {
         let mut start = Start {
             id: MAIN,
             rootfs: self.rootfs.clone(),
+            shares: Vec::new(),
             process: Process::default(),
             hostname: "sandbox".into(),
             hosts: None,

@@ -60,7 +60,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use hypercontainer_virtio::block::Block;
 use hypercontainer_virtio::console::Console;
-use hypercontainer_virtio::fs::{Fs, ShareConfig};
+use hypercontainer_virtio::fs::{Fs, MultiShareConfig, ShareConfig};
 use hypercontainer_virtio::net::{Net, Tap};
 use hypercontainer_virtio::rng::Rng;
 use hypercontainer_virtio::transport::mmio::MmioTransport;
@@ -308,6 +308,8 @@ pub enum DeviceKind {
     Net,
     /// virtio-fs (one share).
     Fs,
+    /// virtio-fs with several shares behind one device.
+    MultiFs,
     /// A transport the caller built itself
     /// ([`VmBuilder::virtio_mmio_device`](super::VmBuilder::virtio_mmio_device)).
     Custom,
@@ -330,6 +332,7 @@ pub(crate) enum DeviceSpec {
     Console(Box<dyn Write + Send>),
     Net(NetConfig),
     Fs(ShareConfig),
+    MultiFs(MultiShareConfig),
     Custom(VirtioMmioDevice),
 }
 
@@ -342,6 +345,7 @@ impl DeviceSpec {
             Self::Console(_) => DeviceKind::Console,
             Self::Net(_) => DeviceKind::Net,
             Self::Fs(_) => DeviceKind::Fs,
+            Self::MultiFs(_) => DeviceKind::MultiFs,
             Self::Custom(_) => DeviceKind::Custom,
         }
     }
@@ -391,6 +395,16 @@ impl DeviceList {
                     })?;
                     if !tags.insert(share.tag.as_str()) {
                         return Err(Error::DuplicateFsTag(share.tag.clone()));
+                    }
+                }
+                DeviceSpec::MultiFs(config) => {
+                    config.validate().map_err(|source| Error::Fs {
+                        index,
+                        tag: config.tag.clone(),
+                        source,
+                    })?;
+                    if !tags.insert(config.tag.as_str()) {
+                        return Err(Error::DuplicateFsTag(config.tag.clone()));
                     }
                 }
                 DeviceSpec::Vsock(cid) => {
@@ -476,6 +490,13 @@ impl DeviceList {
                 DeviceSpec::Fs(share) => {
                     let tag = share.tag.clone();
                     let dev = Fs::new(share).map_err(|source| Error::Fs { index, tag, source })?;
+                    let dev = Arc::new(Mutex::new(dev));
+                    (dev.clone(), dev)
+                }
+                DeviceSpec::MultiFs(config) => {
+                    let tag = config.tag.clone();
+                    let dev =
+                        Fs::multi(config).map_err(|source| Error::Fs { index, tag, source })?;
                     let dev = Arc::new(Mutex::new(dev));
                     (dev.clone(), dev)
                 }

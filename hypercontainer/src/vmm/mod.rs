@@ -649,6 +649,16 @@ impl VmBuilder {
         self
     }
 
+    /// Adds one virtio-fs device serving several shares (see
+    /// [`hypercontainer_virtio::fs::multi`]): the guest mounts `config.tag`
+    /// once and finds each share as a directory under it, so any number of
+    /// host directories (up to 255) cost one MMIO slot and one interrupt.
+    /// Its tag must differ from every other virtio-fs tag of the VM.
+    pub fn fs_multi(mut self, config: hypercontainer_virtio::fs::MultiShareConfig) -> Self {
+        self.devices.push(devices::DeviceSpec::MultiFs(config));
+        self
+    }
+
     /// Adds a virtio network device.
     pub fn net(mut self, config: devices::NetConfig) -> Self {
         self.devices.push(devices::DeviceSpec::Net(config));
