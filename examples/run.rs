@@ -12,7 +12,12 @@
 //! shown as `docker pull` does; `--pull always|missing|never`,
 //! `--insecure-registry HOST[:PORT]`, `--registry-ca FILE`),
 //! `oci:PATH[:TAG]` (an OCI image layout directory),
-//! `oci-archive:PATH[:TAG]` or `docker-archive:PATH[:REF]`. `-i` forwards
+//! `oci-archive:PATH[:TAG]`, `docker-archive:PATH[:REF]` or `dir:PATH` (a
+//! prepared root filesystem, shared read-only under a throw-away overlay,
+//! or written in place with `--rootfs-writable`). `-v HOST_DIR:DEST[:ro]`
+//! and `-v NAME:DEST[:ro]` (repeatable) mount volumes as `docker run -v`
+//! does: a missing host directory is created, a named volume lives under
+//! the SDK's data directory and outlives the container. `-i` forwards
 //! stdin; `-t` runs the process on a terminal (the local terminal is put in
 //! raw mode while it runs). `--timings` prints the boot-stage timings on
 //! stderr at the end. `--console` copies the guest's serial console to
@@ -25,7 +30,7 @@
 //! `/etc/resolv.conf`. Docker's confinement options are taken too:
 //! `--cap-add`, `--cap-drop`, `--security-opt seccomp=unconfined|FILE`,
 //! `--security-opt no-new-privileges`, `--read-only`, `--tmpfs
-//! PATH[:size=N]`, `--shm-size`, `--sysctl K=V`, and cgroup limits
+//! PATH[:size=N[k|m|g],mode=OCTAL]`, `--shm-size`, `--sysctl K=V`, and cgroup limits
 //! `--memory-limit BYTES`, `--cpu-limit CPUS`, `--pids-limit N`. Errors
 //! print on stderr and exit as `docker run` does: 127 when the executable
 //! is not found, 126 when it cannot be executed, 125 otherwise
@@ -37,6 +42,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hypercontainer::sandbox::{Error, Limits, NetworkInterface, Output, Sandbox, Seccomp, Tmpfs};
 use hypercontainer::vmm::console::Timestamped;
+use hypercontainer::volume::{Volume, VolumeSource};
 
 /// Runs an image's process in its own microVM, as `docker run` does.
 #[derive(Debug, Parser)]
@@ -90,9 +96,18 @@ struct Args {
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     read_only: bool,
-    /// A tmpfs mount, `PATH[:size=BYTES]`.
+    /// A tmpfs mount, `PATH[:size=N[k|m|g],mode=OCTAL]`.
     #[arg(long, value_name = "PATH[:size=N]")]
     tmpfs: Vec<String>,
+    /// A volume: `HOST_DIR:GUEST_PATH[:ro]` (HOST_DIR absolute or `./...`,
+    /// created when missing, as docker does) or `NAME:GUEST_PATH[:ro]` (a
+    /// named volume, created on first use and kept).
+    #[arg(long = "volume", short = 'v', value_name = "SRC:DEST[:ro]")]
+    volume: Vec<String>,
+    /// With a `dir:PATH` image: write to the directory itself (by default
+    /// the container's writes go to a throw-away overlay).
+    #[arg(long = "rootfs-writable")]
+    rootfs_writable: bool,
     /// Size of /dev/shm in bytes.
     #[arg(long = "shm-size", value_name = "BYTES")]
     shm_size: Option<u64>,
@@ -119,26 +134,78 @@ struct Args {
     #[arg(long = "registry-ca", value_name = "FILE")]
     registry_ca: Vec<std::path::PathBuf>,
     /// The image: NAME[:TAG][@DIGEST] (a registry), oci:PATH[:TAG],
-    /// oci-archive:PATH[:TAG] or docker-archive:PATH[:REF].
+    /// oci-archive:PATH[:TAG], docker-archive:PATH[:REF] or dir:PATH.
     image: String,
     /// The command and its arguments (default: the image's).
     #[arg(allow_hyphen_values = true)]
     cmd: Vec<String>,
 }
 
-/// `PATH[:size=BYTES]`.
+/// Docker's `--tmpfs PATH[:OPTIONS]`, with options `size=N[k|m|g]` and
+/// `mode=OCTAL`.
 fn parse_tmpfs(v: &str) -> Result<Tmpfs, Error> {
-    let bad = || Error::Config(format!("--tmpfs {v}: expected PATH[:size=BYTES]"));
-    match v.split_once(':') {
-        None => Ok(Tmpfs::new(v)),
-        Some((path, opt)) => {
-            let size = opt
-                .strip_prefix("size=")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(bad)?;
-            Ok(Tmpfs::new(path).size(size))
+    let bad = || {
+        Error::Config(format!(
+            "--tmpfs {v}: expected PATH[:size=N[k|m|g]][,mode=OCTAL]"
+        ))
+    };
+    let Some((path, opts)) = v.split_once(':') else {
+        return Ok(Tmpfs::new(v));
+    };
+    let mut t = Tmpfs::new(path);
+    for opt in opts.split(',') {
+        if let Some(n) = opt.strip_prefix("size=") {
+            let (digits, unit) = match n.char_indices().last() {
+                Some((i, c)) if c.is_ascii_alphabetic() => (&n[..i], c.to_ascii_lowercase()),
+                _ => (n, 'b'),
+            };
+            let shift = match unit {
+                'b' => 0,
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                _ => return Err(bad()),
+            };
+            let n: u64 = digits.parse().map_err(|_| bad())?;
+            t = t.size(
+                n.checked_shl(shift)
+                    .filter(|b| b >> shift == n)
+                    .ok_or_else(bad)?,
+            );
+        } else if let Some(m) = opt.strip_prefix("mode=") {
+            t = t.mode(u32::from_str_radix(m, 8).map_err(|_| bad())?);
+        } else {
+            return Err(bad());
         }
     }
+    Ok(t)
+}
+
+/// Docker's `-v SRC:DEST[:ro]`: a relative host directory (`./data`) is
+/// taken from the current directory, and a missing one is created.
+fn parse_volume(v: &str) -> Result<Volume, Error> {
+    let vol: Volume = v.parse().map_err(Error::Volume)?;
+    let VolumeSource::Bind(dir) = vol.source() else {
+        return Ok(vol);
+    };
+    let dir = if dir.is_absolute() {
+        dir.clone()
+    } else {
+        let cwd = std::env::current_dir().map_err(|source| Error::Io {
+            what: "finding the current directory".into(),
+            source,
+        })?;
+        cwd.join(dir)
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        what: format!("creating the volume directory {}", dir.display()),
+        source,
+    })?;
+    let dir = dir.canonicalize().map_err(|source| Error::Io {
+        what: format!("resolving {}", dir.display()),
+        source,
+    })?;
+    Ok(Volume::bind(dir, vol.destination()).read_only(vol.is_read_only()))
 }
 
 /// `TAP,ADDR/PREFIX[,GATEWAY]`.
@@ -287,6 +354,10 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     for t in &a.tmpfs {
         b = b.tmpfs(parse_tmpfs(t)?);
     }
+    for v in &a.volume {
+        b = b.volume(parse_volume(v)?);
+    }
+    b = b.rootfs_writable(a.rootfs_writable);
     for kv in &a.sysctl {
         let (k, v) = kv
             .split_once('=')

@@ -47,5 +47,6 @@ pub mod kernel;
 pub mod sandbox;
 pub mod spec;
 pub mod vmm;
+pub mod volume;
 
 pub use sandbox::{Exec, ImageRef, Output, Process, Sandbox, SandboxBuilder};

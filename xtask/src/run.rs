@@ -89,6 +89,7 @@ fn archives_in(args: &[String]) -> Vec<PathBuf> {
 fn shares_in(args: &[String]) -> Result<(Vec<String>, Vec<hypercontainer_testhost::Share>)> {
     let mut out = Vec::with_capacity(args.len());
     let mut shares = Vec::new();
+    let mut named = false;
     let mut share = |dir: &str, ro: bool| -> Result<String> {
         if !Path::new(dir).is_dir() {
             // Not a directory here: the example reports it.
@@ -104,6 +105,7 @@ fn shares_in(args: &[String]) -> Result<(Vec<String>, Vec<hypercontainer_testhos
     let mut volume_next = false;
     for a in args {
         if std::mem::take(&mut volume_next) {
+            named |= is_named(a);
             out.push(bind_spec(a, &mut share)?);
             continue;
         }
@@ -111,6 +113,7 @@ fn shares_in(args: &[String]) -> Result<(Vec<String>, Vec<hypercontainer_testhos
             volume_next = true;
             out.push(a.clone());
         } else if let Some(v) = a.strip_prefix("--volume=") {
+            named |= is_named(v);
             out.push(format!("--volume={}", bind_spec(v, &mut share)?));
         } else if let Some(p) = a.strip_prefix("dir:") {
             // The root filesystem is shared writable: the container may
@@ -120,7 +123,23 @@ fn shares_in(args: &[String]) -> Result<(Vec<String>, Vec<hypercontainer_testhos
             out.push(a.clone());
         }
     }
+    if named {
+        // Named volumes live in this machine's data directory, shared in
+        // writable at its own path, so that they outlive the emulated host.
+        let data = match hypercontainer::volume::default_data_dir() {
+            Ok(d) => d,
+            Err(e) => return crate::util::fail(e.to_string()),
+        };
+        std::fs::create_dir_all(&data).ctx(|| format!("creating {}", data.display()))?;
+        share(&data.to_string_lossy(), false)?;
+    }
     Ok((out, shares))
+}
+
+/// Whether a `-v` value names a named volume (`NAME:DEST`).
+fn is_named(spec: &str) -> bool {
+    spec.split_once(':')
+        .is_some_and(|(src, _)| !src.is_empty() && !src.contains('/') && src != ".")
 }
 
 /// A `-v` value with a host path made absolute (and shared); named volumes
@@ -132,6 +151,11 @@ fn bind_spec(spec: &str, share: &mut impl FnMut(&str, bool) -> Result<String>) -
     };
     if !(host.starts_with('/') || host.starts_with('.')) {
         return Ok(spec.to_string());
+    }
+    // As `docker run -v` does, a missing host directory is created (here,
+    // so that it is this machine's directory that is shared).
+    if !Path::new(host).exists() {
+        std::fs::create_dir_all(host).ctx(|| format!("creating {host}"))?;
     }
     let ro = rest
         .split(':')
@@ -271,6 +295,9 @@ pub fn cmd(args: &[String]) -> Result<()> {
             for s in shares {
                 builder = builder.share(s);
             }
+            if let Ok(data) = hypercontainer::volume::default_data_dir() {
+                builder = builder.env("HYPERCONTAINER_DATA_DIR", data.to_string_lossy());
+            }
             // Its stdout and stderr reach ours unchanged, as `docker run`'s.
             Job::new(name, exe).args(args).passthrough(true)
         }
@@ -338,18 +365,24 @@ mod tests {
             "-v",
             "named:/n",
             "-v",
-            "/nonexistent-share:/x",
+            &format!("{}:/x", d.join("missing").display()),
             &format!("dir:{b}"),
             "ls",
             "-v",
             "/etc",
         ]);
+        std::env::set_var("HYPERCONTAINER_DATA_DIR", d.join("data"));
         let (out, shares) = shares_in(&args).unwrap();
         assert_eq!(out, args);
         let got: Vec<_> = shares
             .iter()
             .map(|s| (s.path.display().to_string(), s.read_only))
             .collect();
-        assert_eq!(got, vec![(a, true), (b, false)]);
+        let missing = d.join("missing").display().to_string();
+        let data = d.join("data").display().to_string();
+        assert_eq!(
+            got,
+            vec![(a, true), (b, false), (missing, false), (data, false)]
+        );
     }
 }

@@ -2,52 +2,47 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hypercontainer_image::ProcessOverrides;
-use hypercontainer_protocol::{Process as ProtoProcess, Rootfs, Start, Upper, WindowSize};
+use hypercontainer_image::{ImageStore, ProcessOverrides};
+use hypercontainer_protocol::WindowSize;
 
-use super::id::{new_id, Scratch};
-use super::image::{prepare_image, ImageRef, PullOptions, PullPolicy};
-use super::network::{self, NetworkInterface};
-use super::signal::parse_signal;
-use super::watch::{accept_agent, boot_failure, vm_gone, Ended};
+use super::image::{ImageRef, PullOptions, PullPolicy};
+use super::network::NetworkInterface;
 use super::{
-    Disk, Error, HostTimes, Limits, Output, Result, Sandbox, Seccomp, Tmpfs, DEFAULT_BOOT_TIMEOUT,
-    DEFAULT_MEMORY_MIB, GUEST_CID, SANDBOX_CMDLINE,
+    Disk, Error, Limits, Output, Result, Sandbox, Seccomp, Tmpfs, DEFAULT_BOOT_TIMEOUT,
+    DEFAULT_MEMORY_MIB,
 };
-use crate::agent_client::{error_chain, AgentClient};
-use crate::guest;
-use crate::host::{self, KvmKind};
-use crate::kernel;
-use crate::spec::{self, ContainerOptions};
-use crate::vmm::{self, BlockConfig, ConsoleSink, VmBuilder};
-use hypercontainer_image::ImageStore;
+use crate::spec::ContainerOptions;
+use crate::vmm::{self, ConsoleSink};
+use crate::volume::Volume;
 
-/// Configures and starts a [`Sandbox`]. See the [module docs](self).
+/// Configures and starts a [`Sandbox`]. See the [module docs](super).
 pub struct SandboxBuilder {
-    image: Option<ImageRef>,
-    store: Option<ImageStore>,
-    pull: PullOptions,
-    overrides: ProcessOverrides,
-    vcpus: u32,
-    memory_mib: u64,
-    share_kernel_pages: bool,
-    hostname: Option<String>,
-    stdin: bool,
-    tty: Option<WindowSize>,
-    disks: Vec<Disk>,
-    kernel: Option<PathBuf>,
-    agent: Option<PathBuf>,
-    stdout: Output,
-    stderr: Output,
-    console: Option<Box<dyn ConsoleSink>>,
-    kernel_args: Vec<String>,
-    network: Vec<NetworkInterface>,
-    dns: Vec<std::net::IpAddr>,
-    boot_timeout: Duration,
-    container: ContainerOptions,
+    pub(super) image: Option<ImageRef>,
+    pub(super) store: Option<ImageStore>,
+    pub(super) pull: PullOptions,
+    pub(super) overrides: ProcessOverrides,
+    pub(super) vcpus: u32,
+    pub(super) memory_mib: u64,
+    pub(super) share_kernel_pages: bool,
+    pub(super) hostname: Option<String>,
+    pub(super) stdin: bool,
+    pub(super) tty: Option<WindowSize>,
+    pub(super) disks: Vec<Disk>,
+    pub(super) kernel: Option<PathBuf>,
+    pub(super) agent: Option<PathBuf>,
+    pub(super) stdout: Output,
+    pub(super) stderr: Output,
+    pub(super) console: Option<Box<dyn ConsoleSink>>,
+    pub(super) kernel_args: Vec<String>,
+    pub(super) network: Vec<NetworkInterface>,
+    pub(super) dns: Vec<std::net::IpAddr>,
+    pub(super) boot_timeout: Duration,
+    pub(super) container: ContainerOptions,
+    pub(super) volumes: Vec<Volume>,
+    pub(super) data_dir: Option<PathBuf>,
+    pub(super) rootfs_writable: bool,
 }
 
 impl std::fmt::Debug for SandboxBuilder {
@@ -87,6 +82,9 @@ impl Default for SandboxBuilder {
             dns: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             container: ContainerOptions::default(),
+            volumes: Vec::new(),
+            data_dir: None,
+            rootfs_writable: false,
         }
     }
 }
@@ -171,7 +169,7 @@ impl SandboxBuilder {
 
     /// Share the guest kernel's and agent initramfs's unmodified pages with
     /// the other sandboxes instead of copying them into this one's memory
-    /// (default on); see [`VmBuilder::share_kernel_pages`].
+    /// (default on); see [`VmBuilder::share_kernel_pages`](crate::vmm::VmBuilder::share_kernel_pages).
     pub fn share_kernel_pages(mut self, on: bool) -> Self {
         self.share_kernel_pages = on;
         self
@@ -203,13 +201,13 @@ impl SandboxBuilder {
         self
     }
 
-    /// The guest kernel (default: [`kernel::default_kernel`]).
+    /// The guest kernel (default: [`kernel::default_kernel`](crate::kernel::default_kernel)).
     pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
         self.kernel = Some(path.into());
         self
     }
 
-    /// The agent binary (default: [`guest::default_agent`]).
+    /// The agent binary (default: [`guest::default_agent`](crate::guest::default_agent)).
     pub fn agent(mut self, path: impl Into<PathBuf>) -> Self {
         self.agent = Some(path.into());
         self
@@ -252,7 +250,7 @@ impl SandboxBuilder {
     }
 
     /// Appends an argument to the guest kernel's command line (after
-    /// [`SANDBOX_CMDLINE`]), e.g. `loglevel=7` to see the kernel's boot
+    /// [`SANDBOX_CMDLINE`](super::SANDBOX_CMDLINE)), e.g. `loglevel=7` to see the kernel's boot
     /// messages on the console, or a module parameter.
     ///
     /// ```
@@ -335,7 +333,31 @@ impl SandboxBuilder {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Mounts a host directory or a named volume into the container
+    /// (`docker run -v`); see [`crate::volume`]. Any number of volumes
+    /// share one virtio-fs device.
+    pub fn volume(mut self, volume: Volume) -> Self {
+        self.volumes.push(volume);
+        self
+    }
+
+    /// Where named volumes live (default [`crate::volume::default_data_dir`]).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// With a `dir:` image ([`ImageRef::Rootfs`]): let the container write
+    /// to the directory itself, as runc does with a bundle's rootfs. By
+    /// default the directory is shared read-only and the container's
+    /// writes go to a tmpfs overlay that vanishes with the sandbox. Has no
+    /// effect on images made of layers.
+    pub fn rootfs_writable(mut self, on: bool) -> Self {
+        self.rootfs_writable = on;
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
         if self.image.is_none() {
             return Err(Error::NoImage);
         }
@@ -371,6 +393,17 @@ impl SandboxBuilder {
                 return Err(Error::Config(format!("invalid host name {h:?}")));
             }
         }
+        for v in &self.volumes {
+            v.validate()?;
+        }
+        crate::volume::check_unique(
+            self.volumes
+                .iter()
+                .map(Volume::destination)
+                .chain(self.container.tmpfs.iter().map(|t| t.path.as_str()))
+                // A bad tmpfs path is the spec's error, reported at start.
+                .filter(|p| crate::volume::normalize_destination(p).is_ok()),
+        )?;
         Ok(())
     }
 
@@ -378,191 +411,6 @@ impl SandboxBuilder {
     /// the process. Returns once the process runs (or with the reason it
     /// could not be started).
     pub fn start(self) -> Result<Sandbox> {
-        let t0 = Instant::now();
-        self.validate()?;
-        let kernel = match &self.kernel {
-            Some(k) => k.clone(),
-            None => kernel::default_kernel()?,
-        };
-        let agent = match &self.agent {
-            Some(a) => a.clone(),
-            None => guest::default_agent()?,
-        };
-        let initramfs = guest::agent_initramfs(&agent)?;
-        check_kvm()?;
-
-        let id = new_id();
-        let scratch = Scratch::new(&id)?;
-        let image = self.image.as_ref().ok_or(Error::NoImage)?;
-        let (layers, defaults) = prepare_image(
-            image,
-            self.store.as_ref(),
-            &self.pull,
-            &scratch,
-            &self.overrides,
-        )?;
-        let image_ready = t0.elapsed();
-
-        let user = match &defaults.user.group {
-            Some(g) => format!("{}:{g}", defaults.user.user),
-            None => defaults.user.user.clone(),
-        };
-        let hostname = self
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string());
-        let spec = spec::container_spec(&self.container, &user).map_err(Error::Spec)?;
-        let process = ProtoProcess {
-            argv: defaults.args.clone(),
-            env: spec::container_env(&defaults.env, &hostname, self.tty.is_some()),
-            cwd: defaults.working_dir.clone(),
-            user,
-            terminal: self.tty.is_some(),
-            window: self.tty,
-            ..ProtoProcess::default()
-        };
-        let stop_signal = defaults
-            .stop_signal
-            .as_deref()
-            .and_then(parse_signal)
-            .unwrap_or(libc::SIGTERM);
-
-        let mut b = VmBuilder::new()
-            .kernel(&kernel)
-            .initramfs(&initramfs.path)
-            .cmdline(SANDBOX_CMDLINE)
-            .memory_mib(self.memory_mib)
-            .vcpus(self.vcpus)
-            .share_kernel_pages(self.share_kernel_pages);
-        if let Some(c) = self.console {
-            b = b.console(BoxedSink(c));
-        }
-        let mut serials = Vec::new();
-        for (i, path) in layers.iter().enumerate() {
-            let serial = format!("layer{i}");
-            b = b.block(BlockConfig::new(path).read_only(true).serial(&serial));
-            serials.push(serial);
-        }
-        for d in &self.disks {
-            b = b.block(
-                BlockConfig::new(&d.path)
-                    .read_only(d.read_only)
-                    .serial(&d.serial),
-            );
-        }
-        for a in &self.kernel_args {
-            b = b.append_cmdline(a);
-        }
-        let mut interfaces = Vec::new();
-        for (i, n) in self.network.into_iter().enumerate() {
-            let (config, iface) = n.into_parts(network::sandbox_mac(&id, i));
-            b = b.net(config);
-            interfaces.push(iface);
-        }
-        let vm = b.vsock(GUEST_CID).rng().build().map_err(vm_build_err)?;
-        let vm_built = t0.elapsed();
-        let vm = Arc::new(Mutex::new(vm));
-        let ended: Ended = Arc::default();
-
-        let deadline = t0 + self.boot_timeout;
-        let conn = accept_agent(&vm, &ended, deadline, self.boot_timeout)?;
-        let agent_connected = t0.elapsed();
-        let hook_vm = Arc::downgrade(&vm);
-        let hook_ended = ended.clone();
-        let client = AgentClient::connect(
-            conn,
-            deadline.saturating_duration_since(Instant::now()),
-            Some(Box::new(move || vm_gone(&hook_vm, &hook_ended))),
-        )
-        .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
-
-        let main = client
-            .start(
-                Start {
-                    id: 0,
-                    rootfs: Rootfs::Layers {
-                        layers: serials,
-                        upper: Upper::Tmpfs,
-                    },
-                    shares: Vec::new(),
-                    process: process.clone(),
-                    hostname,
-                    hosts: None,
-                    resolv_conf: (!self.dns.is_empty()).then(|| network::resolv_conf(&self.dns)),
-                    network: interfaces,
-                    spec,
-                },
-                self.stdout,
-                self.stderr,
-            )
-            .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
-        if !self.stdin {
-            main.close_stdin()
-                .map_err(|e| boot_failure(&vm, &ended, "during boot", e))?;
-        }
-        main.wait_started(None)
-            .map_err(|e| boot_failure(&vm, &ended, "while starting the process", e))?;
-
-        let first_run = vm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .boot_times()
-            .first_run
-            .map(|t| t.saturating_duration_since(t0));
-        Ok(Sandbox {
-            id,
-            main,
-            client,
-            vm,
-            ended,
-            stop_signal,
-            template: process,
-            t0,
-            host: HostTimes {
-                image_ready,
-                vm_built,
-                first_run,
-                agent_connected,
-            },
-            _scratch: scratch,
-        })
-    }
-}
-
-/// A [`ConsoleSink`] in a box.
-pub(super) struct BoxedSink(Box<dyn ConsoleSink>);
-
-impl ConsoleSink for BoxedSink {
-    fn write(&mut self, data: &[u8]) {
-        self.0.write(data)
-    }
-}
-
-pub(super) fn check_kvm() -> Result<()> {
-    match host::detect_kvm() {
-        KvmKind::Hardware => Ok(()),
-        KvmKind::Missing => Err(Error::KvmUnusable {
-            reason: "/dev/kvm does not exist: load kvm-intel or kvm-amd, or enable nested \
-                     virtualization for this VM"
-                .into(),
-        }),
-        KvmKind::Pvm => Err(Error::KvmUnusable {
-            reason: "/dev/kvm is served by PVM (Pagetable-based Virtual Machine), which cannot \
-                     boot the stock guest kernel; run on hardware-assisted KVM (Intel VT-x or \
-                     AMD-V, bare metal or nested), e.g. inside the emulated KVM host with \
-                     `cargo xtask run -- run IMAGE`"
-                .into(),
-        }),
-    }
-}
-
-pub(super) fn vm_build_err(e: vmm::Error) -> Error {
-    match e {
-        vmm::Error::KvmMissing | vmm::Error::KvmPermission(_) | vmm::Error::PvmHost { .. } => {
-            Error::KvmUnusable {
-                reason: error_chain(&e),
-            }
-        }
-        e => Error::Vm(e),
+        super::start::start(self)
     }
 }

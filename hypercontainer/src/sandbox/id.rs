@@ -1,30 +1,5 @@
 //! Sandbox ids and each sandbox's temporary directory.
 
-use std::path::PathBuf;
-
-use super::{Error, Result};
-
-/// A sandbox's temporary directory, removed on drop.
-#[derive(Debug)]
-pub(super) struct Scratch(pub(super) PathBuf);
-
-impl Scratch {
-    pub(super) fn new(id: &str) -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("hypercontainer-{id}"));
-        std::fs::create_dir(&p).map_err(|source| Error::Io {
-            what: format!("creating {}", p.display()),
-            source,
-        })?;
-        Ok(Scratch(p))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A fresh random sandbox id (32 hex digits).
 pub(super) fn new_id() -> String {
     let mut b = [0u8; 16];

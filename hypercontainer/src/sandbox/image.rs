@@ -4,14 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::id::Scratch;
 use super::Error;
 use crate::kernel;
 use hypercontainer_image::{
     registry::ProgressFn, Client, ClientOptions, Image, ImageSource, ImageStore, Reference,
     ReferenceError, StoreError,
 };
-use hypercontainer_image::{ErofsBuilder, ProcessOverrides, SourceError};
+use hypercontainer_image::{ProcessOverrides, SourceError};
 
 /// The image of a sandbox.
 ///
@@ -47,8 +46,11 @@ pub enum ImageRef {
     Registry(Reference),
     /// An image already imported into a store.
     Imported(Box<Image>),
-    /// A prepared root filesystem directory; it is packed into a read-only
-    /// disk image for each start. It has no image config: give the command.
+    /// A prepared root filesystem directory (`dir:PATH`), shared into the
+    /// guest over virtio-fs: read-only under a tmpfs overlay by default,
+    /// or written in place with
+    /// [`SandboxBuilder::rootfs_writable`](super::SandboxBuilder::rootfs_writable)
+    /// (what a runc bundle needs). It has no image config: give the command.
     Rootfs(PathBuf),
 }
 
@@ -248,15 +250,26 @@ fn image_err(image: &ImageRef, e: StoreError) -> Error {
     }
 }
 
+/// Where a sandbox's root filesystem comes from.
+#[derive(Debug)]
+pub(super) enum RootSource {
+    /// The image's layers as EROFS images, lowest first: one read-only
+    /// disk each.
+    Layers(Vec<PathBuf>),
+    /// A prepared directory, shared over virtio-fs.
+    Directory(PathBuf),
+}
+
+/// Resolves the image (importing or pulling it when needed) and merges its
+/// config with the caller's overrides.
 pub(super) fn prepare_image(
     image: &ImageRef,
     store: Option<&ImageStore>,
     pull: &PullOptions,
-    scratch: &Scratch,
     overrides: &ProcessOverrides,
-) -> super::Result<(Vec<PathBuf>, hypercontainer_image::ProcessDefaults)> {
+) -> super::Result<(RootSource, hypercontainer_image::ProcessDefaults)> {
     let config;
-    let layers = match image {
+    let root = match image {
         ImageRef::Source { .. } | ImageRef::Registry(_) => {
             if let Some(p) = image_path(image) {
                 if !p.exists() {
@@ -282,11 +295,11 @@ pub(super) fn prepare_image(
             };
             let img = import(image, store, pull).map_err(|e| image_err(image, e))?;
             config = img.config.clone();
-            layer_files(&img)?
+            RootSource::Layers(layer_files(&img)?)
         }
         ImageRef::Imported(img) => {
             config = img.config.clone();
-            layer_files(img)?
+            RootSource::Layers(layer_files(img)?)
         }
         ImageRef::Rootfs(dir) => {
             if !dir.is_dir() {
@@ -297,20 +310,13 @@ pub(super) fn prepare_image(
                     ))),
                 });
             }
-            let out = scratch.0.join("rootfs.erofs");
-            ErofsBuilder::new()
-                .build(dir, &out)
-                .map_err(|source| Error::RootfsDisk {
-                    path: dir.clone(),
-                    source,
-                })?;
             config = empty_config();
-            vec![out]
+            RootSource::Directory(dir.clone())
         }
     };
     let defaults = hypercontainer_image::process::process_defaults(&config, overrides)
         .map_err(Error::Process)?;
-    Ok((layers, defaults))
+    Ok((root, defaults))
 }
 
 fn image_path(image: &ImageRef) -> Option<&Path> {

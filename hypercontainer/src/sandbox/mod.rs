@@ -8,7 +8,10 @@
 //! PID 1, and asks the agent to mount the layers under a writable tmpfs
 //! upper and run the process. With [`SandboxBuilder::network`] the VM
 //! also gets a virtio-net device on a host tap, configured in the guest by
-//! the agent (see [`NetworkInterface`]). The returned [`Sandbox`] streams the
+//! the agent (see [`NetworkInterface`]). Volumes
+//! ([`SandboxBuilder::volume`], see [`crate::volume`]) and a `dir:` root
+//! filesystem are shares of one virtio-fs device, mounted by the agent
+//! before the process starts. The returned [`Sandbox`] streams the
 //! process's output, forwards stdin and signals, runs more processes
 //! ([`Sandbox::exec`]) and reports the exit status.
 //!
@@ -48,7 +51,9 @@ mod id;
 mod image;
 mod network;
 mod process;
+mod shares;
 mod signal;
+mod start;
 mod watch;
 
 use std::path::PathBuf;
@@ -69,13 +74,13 @@ pub use crate::spec::{Limits, Seccomp, Tmpfs};
 /// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
-use id::Scratch;
 use watch::{boot_failure, lock, Ended};
 
 pub use builder::SandboxBuilder;
 pub use image::{ImageRef, ParseImageRefError, PullOptions, PullPolicy};
 pub use network::NetworkInterface;
 pub use process::{Exec, Process};
+pub use shares::FS_TAG;
 pub use signal::parse_signal;
 
 /// Kernel command line of a sandbox VM (the VMM appends its devices).
@@ -125,15 +130,6 @@ pub enum Error {
     /// one); open the store with EROFS images enabled.
     #[error("layer {0} has no EROFS image: use an image store that builds them")]
     NoLayerImage(String),
-    /// A prepared root filesystem could not be turned into a disk image.
-    #[error("building a disk image of the root filesystem {path} (is mkfs.erofs installed?)")]
-    RootfsDisk {
-        /// The directory.
-        path: PathBuf,
-        /// What failed.
-        #[source]
-        source: hypercontainer_image::ErofsError,
-    },
     /// The image and the overrides give no valid process.
     #[error("the process to run")]
     Process(#[source] hypercontainer_image::ProcessError),
@@ -201,6 +197,25 @@ pub enum Error {
     /// An invalid setting.
     #[error("invalid sandbox configuration: {0}")]
     Config(String),
+    /// A volume is invalid, or its host directory is missing or cannot be
+    /// created (the message says which).
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
+    /// The image has more layers than the VM has device slots beside the
+    /// sandbox's other devices.
+    #[error(
+        "{needed} virtio devices are needed ({layers} image layers and {others} others) but a VM          has {max}: use an image with fewer layers (e.g. squash it), or fewer disks and NICs"
+    )]
+    TooManyDevices {
+        /// Devices needed.
+        needed: usize,
+        /// Of which image layers.
+        layers: usize,
+        /// Of which the others (vsock, rng, virtio-fs, disks, NICs).
+        others: usize,
+        /// Device slots of a VM.
+        max: usize,
+    },
     /// The container's confinement settings are invalid, or the seccomp
     /// profile is missing or malformed (the message says what to do).
     #[error("the container's confinement")]
@@ -284,7 +299,6 @@ pub struct Sandbox {
     template: ProtoProcess,
     t0: Instant,
     host: HostTimes,
-    _scratch: Scratch,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -489,6 +503,20 @@ mod tests {
             serial: "layer9".into(),
         };
         assert!(matches!(b().disk(d).start(), Err(Error::Config(_))));
+        use crate::volume::{Volume, VolumeError};
+        let v = || Volume::bind("/srv", "/data");
+        assert!(matches!(
+            b().volume(v()).tmpfs(Tmpfs::new("/data/")).start(),
+            Err(Error::Volume(VolumeError::DuplicateDestination(_)))
+        ));
+        assert!(matches!(
+            b().volume(Volume::bind("srv", "/data")).start(),
+            Err(Error::Volume(VolumeError::RelativeSource(_)))
+        ));
+        assert!(matches!(
+            b().volume(Volume::named("x", "/data")).start(),
+            Err(Error::Volume(VolumeError::Name(_)))
+        ));
     }
 
     #[test]

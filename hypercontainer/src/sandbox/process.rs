@@ -8,7 +8,7 @@ use hypercontainer_protocol::WindowSize;
 use super::{agent_err, Output, Result};
 use crate::agent_client::{OutputReader, ProcessHandle, StdinWriter};
 
-/// A process to run in a running sandbox ([`Sandbox::exec`]). Defaults
+/// A process to run in a running sandbox ([`Sandbox::exec`](super::Sandbox::exec)). Defaults
 /// come from the main process: environment, working directory, user.
 #[derive(Debug)]
 pub struct Exec {
@@ -81,7 +81,7 @@ impl Exec {
     }
 }
 
-/// A process started by [`Sandbox::exec`]. `Send + Sync`.
+/// A process started by [`Sandbox::exec`](super::Sandbox::exec). `Send + Sync`.
 #[derive(Debug, Clone)]
 pub struct Process {
     pub(super) handle: ProcessHandle,
