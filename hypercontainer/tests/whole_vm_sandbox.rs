@@ -73,20 +73,7 @@ fn output_exit_codes_and_process_settings() {
     // A prepared root filesystem directory instead of an image.
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
-    hypercontainer::sandbox::ImageSource::OciArchive {
-        path: sandbox_common::image_archive().to_owned(),
-    }
-    .open(
-        Some(sandbox_common::TAG),
-        &hypercontainer_image::Platform::default(),
-        &hypercontainer_image::Limits::default(),
-    )
-    .unwrap()
-    .unpack_rootfs(
-        &rootfs,
-        &hypercontainer_image::UnpackOptions::new(hypercontainer_image::WhiteoutMode::Apply),
-    )
-    .unwrap();
+    sandbox_common::unpack_test_rootfs(&rootfs);
     std::fs::write(rootfs.join("data/marker"), "from-dir\n").unwrap();
     let (out, _, status) = run(Sandbox::builder()
         .image(ImageRef::Rootfs(rootfs))

@@ -90,6 +90,7 @@ cat /ro/file
 echo named > /named/kept
 n=0; for v in /v0 /v1 /v2 /v3 /v4 /v5 /v6; do cat $v/id >/dev/null && n=$((n+1)); done
 echo "small-volumes=$n"
+/vol/fs-check /vol
 "#;
 
 #[test]
@@ -111,6 +112,9 @@ fn volumes_read_write_refuse_and_outlive_the_sandbox() {
     fs::create_dir(ro.join("sub")).unwrap();
     fs::write(ro.join("sub/x"), "x").unwrap();
     let ro_before = snapshot(&ro);
+    // A static helper for what busybox cannot do (mmap, xattrs, fsync).
+    let helper = std::env::var_os("HYPERCONTAINER_FS_CHECK").expect("HYPERCONTAINER_FS_CHECK");
+    fs::copy(&helper, rw.join("fs-check")).unwrap();
 
     let mut b = sandbox()
         .user("root")
@@ -154,6 +158,9 @@ fn volumes_read_write_refuse_and_outlive_the_sandbox() {
             "touch: /ro/new: Read-only file system",
             "read-only content",
             "small-volumes=7",
+            "mmap=ok",
+            "fsync=ok",
+            "xattr=xattr-value listed=1 removed=1",
         ],
         "stderr: {}",
         r.err
@@ -182,6 +189,8 @@ fn volumes_read_write_refuse_and_outlive_the_sandbox() {
     );
     // Nothing outside the shares changed, and the read-only tree is
     // byte for byte what it was.
+    let mapped = fs::read(rw.join("mapped")).unwrap();
+    assert_eq!(&mapped[4096..4109], b"through mmap\n");
     assert_eq!(fs::read_to_string(&canary).unwrap(), "untouched\n");
     assert_eq!(snapshot(&ro), ro_before);
     let named = data.join("volumes/data/_data/kept");
@@ -250,20 +259,7 @@ fn two_sandboxes_and_the_host_share_one_volume() {
 fn a_directory_rootfs_is_shared_and_written_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
-    hypercontainer::sandbox::ImageSource::OciArchive {
-        path: sandbox_common::image_archive().to_owned(),
-    }
-    .open(
-        Some(sandbox_common::TAG),
-        &hypercontainer_image::Platform::default(),
-        &hypercontainer_image::Limits::default(),
-    )
-    .unwrap()
-    .unpack_rootfs(
-        &rootfs,
-        &hypercontainer_image::UnpackOptions::new(hypercontainer_image::WhiteoutMode::Apply),
-    )
-    .unwrap();
+    sandbox_common::unpack_test_rootfs(&rootfs);
     let before = snapshot(&rootfs);
     let script =
         "echo in-container > /written; rm /data/.keep 2>/dev/null; cat /written; ls / | wc -l";

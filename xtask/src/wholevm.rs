@@ -98,11 +98,18 @@ const OPTIONAL_TOOLS: &[&str] = &["/usr/bin/docker-registry"];
 /// Static programs the whole-VM tests put into their guests, built from C
 /// with the system compiler: (environment variable naming the binary,
 /// source relative to the repository, binary name).
-const GUEST_HELPERS: &[(&str, &str, &str)] = &[(
-    "HYPERCONTAINER_VSOCK_ECHO",
-    "hypercontainer/tests/guest/vsock_echo.c",
-    "vsock-echo",
-)];
+const GUEST_HELPERS: &[(&str, &str, &str)] = &[
+    (
+        "HYPERCONTAINER_VSOCK_ECHO",
+        "hypercontainer/tests/guest/vsock_echo.c",
+        "vsock-echo",
+    ),
+    (
+        "HYPERCONTAINER_FS_CHECK",
+        "hypercontainer/tests/guest/fs_check.c",
+        "fs-check",
+    ),
+];
 
 /// Builds [`GUEST_HELPERS`] into the target directory; returns
 /// (environment variable, binary).

@@ -83,3 +83,21 @@ pub fn run_to_end(b: hypercontainer::sandbox::SandboxBuilder) -> Ran {
         oom_killed: s.oom_killed(),
     }
 }
+
+/// Unpacks the busybox test image into `dir` (a `dir:` root filesystem).
+pub fn unpack_test_rootfs(dir: &Path) {
+    hypercontainer::sandbox::ImageSource::OciArchive {
+        path: image_archive().to_owned(),
+    }
+    .open(
+        Some(TAG),
+        &hypercontainer_image::Platform::default(),
+        &hypercontainer_image::Limits::default(),
+    )
+    .unwrap()
+    .unpack_rootfs(
+        dir,
+        &hypercontainer_image::UnpackOptions::new(hypercontainer_image::WhiteoutMode::Apply),
+    )
+    .unwrap();
+}
