@@ -361,6 +361,7 @@ fn print_timings(t: &hypercontainer::sandbox::BootTimings) {
         ("host ", "VM built", Some(t.vm_built)),
         ("host ", "first KVM_RUN", t.first_kvm_run),
         ("guest", "agent started", t.guest_agent_start),
+        ("guest", "start received", t.guest_start_received),
         ("guest", "rootfs ready", t.guest_rootfs_ready),
         ("guest", "process exec", t.guest_process_exec),
         ("host ", "agent connected", Some(t.agent_connected)),

@@ -354,9 +354,12 @@ pub struct Interface {
     pub gateway: Option<std::net::Ipv4Addr>,
 }
 
-/// Boot stages reported by the agent.
+/// Boot stages reported by the agent, in the order they happen:
+/// [`BootStage::AgentStart`], [`BootStage::StartReceived`],
+/// [`BootStage::RootfsReady`], [`BootStage::ProcessExec`].
 ///
-/// Wire: one byte, the discriminant below.
+/// Wire: one byte, the discriminant below (a stage added later gets the
+/// next free value, whatever its place in time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum BootStage {
@@ -368,6 +371,11 @@ pub enum BootStage {
     /// The main process is about to `execve` (taken in the child, after all
     /// its setup).
     ProcessExec = 2,
+    /// The agent received [`Message::Start`], before anything of it is
+    /// applied: from here to [`BootStage::ProcessExec`] is the agent's whole
+    /// start-to-exec work (network, root filesystem, the spec's namespaces,
+    /// mounts, capabilities, seccomp compilation and cgroup).
+    StartReceived = 3,
 }
 
 impl BootStage {
@@ -377,6 +385,7 @@ impl BootStage {
             0 => Some(Self::AgentStart),
             1 => Some(Self::RootfsReady),
             2 => Some(Self::ProcessExec),
+            3 => Some(Self::StartReceived),
             _ => None,
         }
     }

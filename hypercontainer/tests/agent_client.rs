@@ -161,6 +161,7 @@ fn output_exit_code_and_boot_stages() {
         stages,
         [
             BootStage::AgentStart,
+            BootStage::StartReceived,
             BootStage::RootfsReady,
             BootStage::ProcessExec
         ]

@@ -321,7 +321,7 @@ impl Session {
     pub fn root_dir(&self) -> Option<PathBuf> {
         match &self.rootfs {
             Rootfs::Directory { path } => Some(PathBuf::from(path)),
-            Rootfs::Layers { .. } => None,
+            Rootfs::Layers { .. } | Rootfs::Overlay { .. } => None,
         }
     }
 
