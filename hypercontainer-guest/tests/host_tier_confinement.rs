@@ -17,8 +17,18 @@ use hypercontainer_protocol::{oci, Process};
 /// Docker's 14 default capabilities as a `/proc/PID/status` mask.
 const DOCKER_CAPS: &str = "00000000a80425fb";
 
+/// The spec, without the default rlimits unless `opts` asks for some: a
+/// host-tier agent may lack `CAP_SYS_RESOURCE` to raise its hard `nofile`
+/// limit to Docker's (a VM's agent has it); rlimits have a test of their own.
 fn spec_for(opts: &ContainerOptions, user: &str) -> oci::Spec {
-    container_spec(opts, user).unwrap_or_else(|e| panic!("building the spec: {e:?}"))
+    let mut spec =
+        container_spec(opts, user).unwrap_or_else(|e| panic!("building the spec: {e:?}"));
+    if opts.ulimits.is_empty() {
+        if let Some(p) = spec.process_mut() {
+            p.set_rlimits(None);
+        }
+    }
+    spec
 }
 
 /// Runs `script` as `user` under Docker's confinement changed by `opts`.
@@ -226,6 +236,70 @@ fn read_only_root_tmpfs_and_sysctls() {
     assert!(
         out.contains("scratch=ok\n1024\nexample.org\nsandbox\n"),
         "{out}"
+    );
+}
+
+#[test]
+fn the_specs_rlimits_and_umask_apply_unless_the_process_sets_its_own() {
+    use hypercontainer::spec::Ulimit;
+    use hypercontainer_protocol::{Rlimit, RlimitResource};
+    // Both lower than the agent's own, which needs no privilege.
+    let opts = ContainerOptions {
+        ulimits: vec![
+            "nofile=100:200".parse::<Ulimit>().unwrap(),
+            "nproc=300".parse().unwrap(),
+        ],
+        ..ContainerOptions::default()
+    };
+    let mut spec = spec_for(&opts, "");
+    if let Some(p) = spec.process_mut() {
+        let mut user = p.user().clone();
+        user.set_umask(Some(0o077));
+        p.set_user(user);
+    }
+    let script = "ulimit -n; ulimit -Hn; ulimit -u; umask";
+    let mut s = session();
+    let from_spec = spec.clone();
+    s.start_with(|st| {
+        st.spec = from_spec;
+        st.process = sh(script);
+    });
+    let o = s.finish();
+    assert_eq!(
+        o.stdout(MAIN),
+        "100
+200
+300
+0077
+",
+        "{}",
+        o.stderr(MAIN)
+    );
+
+    // The process's own nofile and umask win; the spec's nproc stays.
+    let mut s = session();
+    s.start_with(|st| {
+        st.spec = spec;
+        st.process = Process {
+            rlimits: vec![Rlimit {
+                resource: RlimitResource::Nofile,
+                soft: 50,
+                hard: 60,
+            }],
+            umask: Some(0o027),
+            ..sh(script)
+        };
+    });
+    let o = s.finish();
+    assert_eq!(
+        o.stdout(MAIN),
+        "50
+60
+300
+0027
+",
+        "{}",
+        o.stderr(MAIN)
     );
 }
 

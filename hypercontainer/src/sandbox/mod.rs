@@ -65,7 +65,7 @@ use crate::spec;
 use crate::vmm::{self, Vm};
 
 pub use crate::agent_client::Output;
-pub use crate::spec::{Limits, Seccomp, Tmpfs};
+pub use crate::spec::{Limits, Seccomp, Tmpfs, Ulimit};
 /// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
