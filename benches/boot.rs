@@ -17,6 +17,11 @@
 //!
 //! `HYPERCONTAINER_BOOT_PAIRS=N` adds N alternating (VMM, QEMU) boots after
 //! the criterion groups, which gives a fairer ratio on a noisy machine;
+//! with `HYPERCONTAINER_BENCH_KERNEL_B=VMLINUX` they are N alternating VMM
+//! boots of the two kernels instead (a kernel config's boot cost: build the
+//! variant with `HYPERCONTAINER_KERNEL_FRAGMENT=FILE cargo xtask kernel`;
+//! a criterion filter matching nothing, e.g. `-- pairs-only`, skips the
+//! groups);
 //! `HYPERCONTAINER_BENCH_THP=0` turns off transparent hugepages for the
 //! guest memory.
 
@@ -46,6 +51,7 @@ fn record(name: &'static str, d: Duration) {
     SAMPLES.lock().unwrap().push((name, d));
 }
 
+#[derive(Clone)]
 struct Inputs {
     kernel: PathBuf,
     initramfs: Vec<u8>,
@@ -257,7 +263,18 @@ fn benches(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    if let (KvmKind::Hardware, Some(qemu), true) = (kind, &i.qemu, pairs > 0) {
+    let kernel_b = std::env::var_os("HYPERCONTAINER_BENCH_KERNEL_B").map(PathBuf::from);
+    if let (KvmKind::Hardware, Some(b), true) = (kind, kernel_b, pairs > 0) {
+        let i_b = Inputs {
+            kernel: b,
+            ..i.clone()
+        };
+        let _ = vmm_boot_once(&i_b);
+        for _ in 0..pairs {
+            record("pair_kernel_a_build_to_init_marker", vmm_boot_once(&i));
+            record("pair_kernel_b_build_to_init_marker", vmm_boot_once(&i_b));
+        }
+    } else if let (KvmKind::Hardware, Some(qemu), true) = (kind, &i.qemu, pairs > 0) {
         for _ in 0..pairs {
             record("pair_vmm_build_to_init_marker", vmm_boot_once(&i));
             record("pair_qemu_spawn_to_init_marker", qemu_boot_once(&i, qemu));
@@ -296,10 +313,20 @@ fn summary() {
         "qemu_spawn_to_init_marker",
         "pair_vmm_build_to_init_marker",
         "pair_qemu_spawn_to_init_marker",
+        "pair_kernel_a_build_to_init_marker",
+        "pair_kernel_b_build_to_init_marker",
     ] {
         if let Some(m) = median(name) {
             println!("summary: {name}: median {m:?} over {} runs", count(name));
         }
+    }
+    let a = median("pair_kernel_a_build_to_init_marker");
+    let b = median("pair_kernel_b_build_to_init_marker");
+    if let (Some(a), Some(b)) = (a, b) {
+        println!(
+            "summary: ratio kernel b/kernel a = {:.3}",
+            b.as_secs_f64() / a.as_secs_f64()
+        );
     }
     for prefix in ["", "pair_"] {
         let ours = median(&format!("{prefix}vmm_build_to_init_marker"));

@@ -421,6 +421,10 @@ fn print_starts(label: &str, starts: &[(Duration, BootTimings)]) {
             ms(m(&|x| Some(x.agent_connected)))
         );
         println!(
+            "    guest start received         {}",
+            ms(m(&|x| x.guest_start_received))
+        );
+        println!(
             "    guest rootfs ready           {}",
             ms(m(&|x| x.guest_rootfs_ready))
         );

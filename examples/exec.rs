@@ -6,13 +6,16 @@
 //! ```
 //!
 //! IMAGE as for the `run` example (default: `$HYPERCONTAINER_TEST_IMAGE`,
-//! the busybox test image, when set).
+//! the busybox test image, when set). Exits with the main process's exit
+//! status, or with Docker's status for a failed start (127, 126, 125;
+//! `Error::exit_status`).
 
 use std::io::Read;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hypercontainer::sandbox::{Exec, Sandbox};
+use hypercontainer::sandbox::{Error, Exec, Sandbox};
 
 /// Starts a sandbox, runs two more processes in it with exec, stops it.
 #[derive(Debug, Parser)]
@@ -23,8 +26,17 @@ struct Args {
     image: Option<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let image = match Args::parse().image {
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let status = run(args).unwrap_or_else(|e| {
+        eprintln!("exec: {e}");
+        e.downcast_ref::<Error>().map_or(125, Error::exit_status)
+    });
+    ExitCode::from(status.clamp(0, 255) as u8)
+}
+
+fn run(args: Args) -> Result<i32, Box<dyn std::error::Error>> {
+    let image = match args.image {
         Some(i) => i,
         None => match std::env::var("HYPERCONTAINER_TEST_IMAGE") {
             Ok(p) => format!("oci-archive:{p}:test"),
@@ -61,5 +73,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.vm_built,
         t.agent_connected
     );
-    Ok(())
+    Ok(status)
 }

@@ -30,7 +30,8 @@
 //! `/etc/resolv.conf`. Docker's confinement options are taken too:
 //! `--cap-add`, `--cap-drop`, `--security-opt seccomp=unconfined|FILE`,
 //! `--security-opt no-new-privileges`, `--read-only`, `--tmpfs
-//! PATH[:size=N[k|m|g],mode=OCTAL]`, `--shm-size`, `--sysctl K=V`, and cgroup limits
+//! PATH[:size=N[k|m|g],mode=OCTAL]`, `--shm-size`, `--sysctl K=V`, `--ulimit
+//! NAME=SOFT[:HARD]`, and cgroup limits
 //! `--memory-limit BYTES`, `--cpu-limit CPUS`, `--pids-limit N`. Errors
 //! print on stderr and exit as `docker run` does: 127 when the executable
 //! is not found, 126 when it cannot be executed, 125 otherwise
@@ -40,7 +41,9 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use hypercontainer::sandbox::{Error, Limits, NetworkInterface, Output, Sandbox, Seccomp, Tmpfs};
+use hypercontainer::sandbox::{
+    Error, Limits, NetworkInterface, Output, Sandbox, Seccomp, Tmpfs, Ulimit,
+};
 use hypercontainer::vmm::console::Timestamped;
 use hypercontainer::volume::{Volume, VolumeSource};
 
@@ -114,6 +117,10 @@ struct Args {
     /// A namespaced sysctl, `KEY=VALUE`.
     #[arg(long, value_name = "KEY=VALUE")]
     sysctl: Vec<String>,
+    /// A resource limit of the container's processes, NAME=SOFT[:HARD]
+    /// (e.g. nofile=1024:2048; -1 for unlimited); repeatable.
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<Ulimit>,
     /// Memory limit of the container in bytes (a cgroup in the guest;
     /// exceeding it is an OOM kill, exit 137).
     #[arg(long = "memory-limit", value_name = "BYTES")]
@@ -367,6 +374,9 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     if let Some(s) = a.shm_size {
         b = b.shm_size(s);
     }
+    for u in &a.ulimit {
+        b = b.ulimit(*u);
+    }
     b = b.read_only(a.read_only).limits(Limits {
         memory: a.memory_limit,
         cpus: a.cpu_limit,
@@ -432,6 +442,7 @@ fn print_timings(t: &hypercontainer::sandbox::BootTimings) {
         ("host ", "VM built", Some(t.vm_built)),
         ("host ", "first KVM_RUN", t.first_kvm_run),
         ("guest", "agent started", t.guest_agent_start),
+        ("guest", "start received", t.guest_start_received),
         ("guest", "rootfs ready", t.guest_rootfs_ready),
         ("guest", "process exec", t.guest_process_exec),
         ("host ", "agent connected", Some(t.agent_connected)),

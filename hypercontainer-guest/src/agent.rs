@@ -430,6 +430,10 @@ impl Agent {
         }
         self.main_id = Some(s.id);
         crate::trace::trace!("start request received");
+        self.send(&Message::BootStage {
+            stage: BootStage::StartReceived,
+            boottime_ns: sys::boottime_ns(),
+        });
         if let Err((kind, msg)) = self.configure_network(&s.network) {
             self.fail_start(s.id, true, kind, msg);
             return;

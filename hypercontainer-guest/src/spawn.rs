@@ -114,7 +114,7 @@ fn read_in_root(root: &Path, rel: &str) -> String {
     s
 }
 
-fn plan(p: &Process, root: &Path) -> Result<Plan> {
+fn plan(p: &Process, conf: &Confinement, root: &Path) -> Result<Plan> {
     let argv0 = p
         .argv
         .first()
@@ -150,9 +150,12 @@ fn plan(p: &Process, root: &Path) -> Result<Plan> {
         .collect::<Result<Vec<_>>>()?;
     let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd }.to_string();
     let cwd_c = sys::cstr(&cwd).map_err(nul)?;
-    let rlimits = p
+    // The spec's rlimits, each replaced by the process's own of its resource.
+    let rlimits = conf
         .rlimits
         .iter()
+        .filter(|c| !p.rlimits.iter().any(|r| r.resource == c.resource))
+        .chain(&p.rlimits)
         .map(|r| {
             (
                 rlimit_number(r.resource),
@@ -172,7 +175,7 @@ fn plan(p: &Process, root: &Path) -> Result<Plan> {
         cwd_c,
         id,
         rlimits,
-        umask: p.umask.unwrap_or(0o022),
+        umask: p.umask.or(conf.umask).unwrap_or(0o022),
         no_new_privs: p.no_new_privs,
     })
 }
@@ -487,7 +490,7 @@ fn child(
 /// blocks only until the child has exec'd (or failed); a failed child is
 /// reaped here.
 pub fn spawn(p: &Process, entry: &Entry<'_>, conf: &Confinement, root: &Path) -> Result<Spawned> {
-    let plan = plan(p, root)?;
+    let plan = plan(p, conf, root)?;
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Spawn, format!("{what}: {e}"));
 
     let (child_stdio, mut stdio_fds, pty_sock) = if p.terminal {
@@ -627,14 +630,16 @@ mod tests {
 
     #[test]
     fn plan_rejects_bad_requests() {
-        let e = plan(&Process::default(), Path::new("/")).unwrap_err();
+        let e = plan(&Process::default(), &Confinement::default(), Path::new("/")).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidRequest);
         let p = Process {
             argv: vec!["a\0b".into()],
             ..Process::default()
         };
         assert_eq!(
-            plan(&p, Path::new("/")).unwrap_err().kind,
+            plan(&p, &Confinement::default(), Path::new("/"))
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidRequest
         );
     }
@@ -647,7 +652,7 @@ mod tests {
             user: "0".into(),
             ..Process::default()
         };
-        let pl = plan(&p, Path::new("/")).unwrap();
+        let pl = plan(&p, &Confinement::default(), Path::new("/")).unwrap();
         assert_eq!(pl.path_dirs, ["/a", "/b"]);
         assert!(pl.env.iter().any(|e| e.to_bytes().starts_with(b"HOME=")));
         assert_eq!(pl.cwd, "/");
@@ -655,7 +660,13 @@ mod tests {
             argv: vec!["ls".into()],
             ..Process::default()
         };
-        assert_eq!(plan(&p, Path::new("/")).unwrap().path_dirs.len(), 6);
+        assert_eq!(
+            plan(&p, &Confinement::default(), Path::new("/"))
+                .unwrap()
+                .path_dirs
+                .len(),
+            6
+        );
     }
 
     #[test]

@@ -294,6 +294,7 @@ fn boot_stages_are_reported_in_order() {
             kinds,
             [
                 BootStage::AgentStart,
+                BootStage::StartReceived,
                 BootStage::RootfsReady,
                 BootStage::ProcessExec
             ]

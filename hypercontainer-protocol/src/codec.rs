@@ -856,6 +856,10 @@ mod tests {
                 stage: BootStage::RootfsReady,
                 boottime_ns: 123_456_789,
             },
+            Message::BootStage {
+                stage: BootStage::StartReceived,
+                boottime_ns: 100_000_000,
+            },
             Message::Started { id: 7, pid: 42 },
             Message::Stdout {
                 id: 7,

@@ -43,8 +43,9 @@
 //!    discarded), then answers with its own [`Message::Hello`]; the agent
 //!    accepts nothing else first. A version mismatch ends the connection
 //!    with an [`ErrorKind::Version`] error.
-//! 2. The host sends [`Message::Start`]. The agent builds the root
-//!    filesystem and checks the container's spec ([`BootStage::RootfsReady`]),
+//! 2. The host sends [`Message::Start`]. The agent reports
+//!    [`BootStage::StartReceived`], builds the root filesystem and checks
+//!    the container's spec ([`BootStage::RootfsReady`]),
 //!    then forks the main process into the container's namespaces, where it
 //!    sets up its mounts and confinement and executes:
 //!    [`BootStage::ProcessExec`] and [`Message::Started`],

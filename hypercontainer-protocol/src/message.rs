@@ -230,9 +230,11 @@ pub struct Process {
     /// Extra supplementary groups (names or numeric gids), added to the
     /// groups the user belongs to in `/etc/group`.
     pub additional_groups: Vec<String>,
-    /// Resource limits set before exec.
+    /// Resource limits set before exec (besides those of the spec's
+    /// `process.rlimits`, which these replace for the same resource).
     pub rlimits: Vec<Rlimit>,
-    /// File-mode creation mask; `None` keeps the default `0o022`.
+    /// File-mode creation mask; `None` takes the spec's
+    /// `process.user.umask`, else `0o022`.
     pub umask: Option<u32>,
     /// Set `PR_SET_NO_NEW_PRIVS` before exec.
     pub no_new_privs: bool,
@@ -285,11 +287,14 @@ pub struct Start {
     /// `namespaces`, `maskedPaths`, `readonlyPaths`, `seccomp`,
     /// `resources` (a cgroup per container), `sysctl` and `devices`; the
     /// same confinement applies to every [`Message::Exec`] process, which
-    /// joins the container's namespaces and cgroup. What runs (argv, env,
-    /// user, working directory, rlimits, terminal) comes from
-    /// [`Start::process`], and `spec.process` of those fields is ignored, as
-    /// are `spec.hostname` (see [`Start::hostname`]) and `spec.root.path`
-    /// (see [`Start::rootfs`]). A mount namespace is always created; a
+    /// joins the container's namespaces and cgroup. `process.rlimits` and
+    /// `process.user.umask` are defaults for every process: a process's own
+    /// [`Process::rlimits`] replace them resource by resource, its
+    /// [`Process::umask`] replaces the umask. What runs (argv, env, user,
+    /// working directory, terminal) comes from [`Start::process`], and
+    /// `spec.process` of those fields is ignored, as are `spec.hostname`
+    /// (see [`Start::hostname`]) and `spec.root.path` (see
+    /// [`Start::rootfs`]). A mount namespace is always created; a
     /// network or user namespace cannot be asked for (the VM is the
     /// network boundary). [`bare_spec`] confines nothing.
     pub spec: crate::oci::Spec,
@@ -354,9 +359,12 @@ pub struct Interface {
     pub gateway: Option<std::net::Ipv4Addr>,
 }
 
-/// Boot stages reported by the agent.
+/// Boot stages reported by the agent, in the order they happen:
+/// [`BootStage::AgentStart`], [`BootStage::StartReceived`],
+/// [`BootStage::RootfsReady`], [`BootStage::ProcessExec`].
 ///
-/// Wire: one byte, the discriminant below.
+/// Wire: one byte, the discriminant below (a stage added later gets the
+/// next free value, whatever its place in time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum BootStage {
@@ -368,6 +376,11 @@ pub enum BootStage {
     /// The main process is about to `execve` (taken in the child, after all
     /// its setup).
     ProcessExec = 2,
+    /// The agent received [`Message::Start`], before anything of it is
+    /// applied: from here to [`BootStage::ProcessExec`] is the agent's whole
+    /// start-to-exec work (network, root filesystem, the spec's namespaces,
+    /// mounts, capabilities, seccomp compilation and cgroup).
+    StartReceived = 3,
 }
 
 impl BootStage {
@@ -377,6 +390,7 @@ impl BootStage {
             0 => Some(Self::AgentStart),
             1 => Some(Self::RootfsReady),
             2 => Some(Self::ProcessExec),
+            3 => Some(Self::StartReceived),
             _ => None,
         }
     }

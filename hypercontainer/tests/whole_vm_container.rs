@@ -144,6 +144,7 @@ fn start_errors_are_127_and_126() {
                     unreachable!()
                 };
                 assert_eq!(*status, want, "{message}");
+                assert_eq!(e.exit_status(), want, "{message}");
                 assert!(message.contains(words), "{message}");
             }
             other => panic!("{cmd}: {other:?}"),

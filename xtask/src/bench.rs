@@ -16,6 +16,10 @@ use std::time::Duration;
 
 const PACKAGE: &str = "hypercontainer-benches";
 
+/// A second guest kernel for the boot benchmark's pairs (see
+/// `benches/boot.rs`), packed into the emulated host at its own path.
+const KERNEL_B_ENV: &str = "HYPERCONTAINER_BENCH_KERNEL_B";
+
 /// Builds the bench executables (release profile); returns (name, path).
 fn build(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = cargo();
@@ -87,11 +91,22 @@ pub fn cmd(args: &[String]) -> Result<()> {
         // Knobs of the benchmarks (`HYPERCONTAINER_BENCH_*`,
         // `HYPERCONTAINER_*_PAIRS`) reach them inside the emulated host too.
         for (k, v) in std::env::vars() {
-            if k.starts_with("HYPERCONTAINER_BENCH_")
+            if (k.starts_with("HYPERCONTAINER_BENCH_") && k != KERNEL_B_ENV)
                 || (k.starts_with("HYPERCONTAINER_") && k.ends_with("_PAIRS"))
             {
                 builder = builder.env(k, v);
             }
+        }
+        // A second guest kernel to compare with goes in with the first.
+        if let Some(k) = std::env::var_os(KERNEL_B_ENV) {
+            let k = PathBuf::from(k);
+            if !k.is_file() {
+                return fail(format!("{KERNEL_B_ENV}: {} is not a file", k.display()));
+            }
+            let inside = hypercontainer_testhost::inside_path(&k)?;
+            builder = builder
+                .include(&k)
+                .env(KERNEL_B_ENV, inside.to_string_lossy());
         }
         for j in rest {
             builder = builder.job(j.clone());

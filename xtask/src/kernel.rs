@@ -4,6 +4,11 @@
 //! Layout (shared with `hypercontainer::kernel`):
 //! `<cache>/kernel/<key>/{vmlinux,bzImage,config}` and
 //! `<cache>/kernel/default -> <key>`.
+//!
+//! `HYPERCONTAINER_KERNEL_FRAGMENT=FILE` builds from another fragment
+//! instead (a variant for a measurement, e.g. the repository's fragment
+//! without one block of options): the build is keyed by that file's bytes
+//! like any other, and `default` keeps pointing at the repository's build.
 
 use crate::util::{fail, jobs, output, run, IoContext, Result, Stage};
 use sha2::{Digest, Sha256};
@@ -31,6 +36,19 @@ pub struct BuiltKernel {
 /// The config fragment kept in the repository.
 pub fn fragment_path() -> PathBuf {
     crate::util::repo_root().join("guest/kernel/config.fragment")
+}
+
+/// Names a fragment file to build instead of [`fragment_path`], leaving
+/// `<cache>/kernel/default` alone.
+pub const FRAGMENT_ENV: &str = "HYPERCONTAINER_KERNEL_FRAGMENT";
+
+/// The fragment to build: [`FRAGMENT_ENV`]'s file if set (and whether it
+/// is such a variant), else the repository's.
+fn chosen_fragment() -> (PathBuf, bool) {
+    match std::env::var_os(FRAGMENT_ENV).filter(|v| !v.is_empty()) {
+        Some(v) => (PathBuf::from(v), true),
+        None => (fragment_path(), false),
+    }
 }
 
 /// The cache key: short sha256 of the fragment bytes and the source version.
@@ -107,7 +125,7 @@ pub fn ensure() -> Result<BuiltKernel> {
 }
 
 fn ensure_inner(stage: &Stage) -> Result<BuiltKernel> {
-    let fragment_file = fragment_path();
+    let (fragment_file, variant) = chosen_fragment();
     let fragment =
         fs::read(&fragment_file).ctx(|| format!("reading {}", fragment_file.display()))?;
     let version = source_version()?;
@@ -131,7 +149,14 @@ fn ensure_inner(stage: &Stage) -> Result<BuiltKernel> {
         let _ = fs::remove_dir_all(&tmp);
         res?;
     }
-    set_default(&root, &key)?;
+    if variant {
+        stage.note(format!(
+            "{FRAGMENT_ENV}={}: built as key {key}; default left as it was",
+            fragment_file.display()
+        ));
+    } else {
+        set_default(&root, &key)?;
+    }
     Ok(built)
 }
 

@@ -17,7 +17,7 @@ mod test_child;
 
 use std::path::{Path, PathBuf};
 
-use hypercontainer_protocol::{oci, Start};
+use hypercontainer_protocol::{oci, Rlimit, RlimitResource, Start};
 
 use crate::rootfs;
 
@@ -42,6 +42,9 @@ pub enum Error {
     /// The cgroup could not be made or limited.
     #[error("the container's cgroup")]
     Cgroup(#[source] cgroups::Error),
+    /// An rlimit of the spec names no resource this agent knows.
+    #[error("the container's rlimits: unknown type {0}")]
+    Rlimit(String),
 }
 
 /// Result alias of this module.
@@ -49,7 +52,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// What every process of a container gets in its child before `execve`,
 /// prepared before the fork.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Confinement {
     /// The five capability sets; `None` keeps the agent's (all of them).
     pub caps: Option<caps::CapSets>,
@@ -61,6 +64,14 @@ pub struct Confinement {
     pub oom_score_adj: Option<i32>,
     /// The container cgroup's `cgroup.procs`, joined first.
     pub cgroup_procs: Option<PathBuf>,
+    /// `process.rlimits` of the spec: set for each process, unless its own
+    /// [`Process::rlimits`](hypercontainer_protocol::Process::rlimits)
+    /// names the same resource.
+    pub rlimits: Vec<Rlimit>,
+    /// `process.user.umask` of the spec, for a process whose own
+    /// [`Process::umask`](hypercontainer_protocol::Process::umask) is
+    /// `None`.
+    pub umask: Option<u32>,
 }
 
 /// How a child enters the container.
@@ -138,6 +149,8 @@ impl Container {
             no_new_privs: process.and_then(|p| p.no_new_privileges()).unwrap_or(false),
             oom_score_adj: process.and_then(|p| p.oom_score_adj()),
             cgroup_procs: cgroup.as_ref().map(|c| c.path().join("cgroup.procs")),
+            rlimits: process.map(spec_rlimits).transpose()?.unwrap_or_default(),
+            umask: process.and_then(|p| p.user().umask()),
         };
         Ok(Self {
             root,
@@ -206,6 +219,25 @@ impl Container {
             }
         }
     }
+}
+
+/// The rlimits of `process.rlimits`.
+fn spec_rlimits(p: &oci::Process) -> Result<Vec<Rlimit>> {
+    let Some(rlimits) = p.rlimits() else {
+        return Ok(Vec::new());
+    };
+    rlimits
+        .iter()
+        .map(|r| {
+            let name = r.typ().to_string();
+            let resource = RlimitResource::from_oci_name(&name).ok_or(Error::Rlimit(name))?;
+            Ok(Rlimit {
+                resource,
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+        })
+        .collect()
 }
 
 /// Whether `r` asks for any limit a cgroup enforces.

@@ -413,4 +413,15 @@ impl SandboxBuilder {
     pub fn start(self) -> Result<Sandbox> {
         super::start::start(self)
     }
+
+    /// Sets a resource limit of every process of the container (`docker
+    /// run --ulimit nofile=1024:2048`; parse one with `"nofile=1024:2048"
+    /// .parse::<Ulimit>()`). It replaces the default of that resource
+    /// ([`crate::spec::DEFAULT_ULIMITS`]: `nofile` 1024:524288, what
+    /// current Docker gives; every other limit is the guest kernel's
+    /// default); a later call for the same resource wins.
+    pub fn ulimit(mut self, ulimit: crate::spec::Ulimit) -> Self {
+        self.container.ulimits.push(ulimit);
+        self
+    }
 }

@@ -1,15 +1,16 @@
 //! The exit status a front end reports for a sandbox error, as Docker's
 //! CLI does: one function shared by every front end.
 
-use hypercontainer_protocol::ErrorKind;
-
 use super::Error;
 
 impl Error {
     /// The exit status `docker run` gives for this error: 127 when the
     /// executable was not found, 126 when it could not be executed
     /// (permission denied, a directory), 125 for every other failure (the
-    /// container or the runtime could not start it).
+    /// container or the runtime could not start it). A start failure maps
+    /// through the agent's own table,
+    /// [`ErrorKind::exit_status`](hypercontainer_protocol::ErrorKind::exit_status),
+    /// so the status a front end exits with is the one the agent reported.
     ///
     /// ```
     /// use hypercontainer::sandbox::Error;
@@ -17,11 +18,7 @@ impl Error {
     /// ```
     pub fn exit_status(&self) -> i32 {
         match self {
-            Error::ProcessStart { kind, .. } => match kind {
-                ErrorKind::NotFound => 127,
-                ErrorKind::PermissionDenied => 126,
-                _ => 125,
-            },
+            Error::ProcessStart { kind, .. } => kind.exit_status(),
             _ => 125,
         }
     }
@@ -30,6 +27,7 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hypercontainer_protocol::ErrorKind;
 
     fn start_error(kind: ErrorKind) -> Error {
         Error::ProcessStart {

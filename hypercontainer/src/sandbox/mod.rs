@@ -70,7 +70,7 @@ use crate::spec;
 use crate::vmm::{self, Vm};
 
 pub use crate::agent_client::Output;
-pub use crate::spec::{Limits, Seccomp, Tmpfs};
+pub use crate::spec::{Limits, Seccomp, Tmpfs, Ulimit};
 /// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
@@ -276,6 +276,11 @@ pub struct BootTimings {
     pub agent_connected: Duration,
     /// The agent's `main` began (guest clock).
     pub guest_agent_start: Option<Duration>,
+    /// The agent received the start request (guest clock); from here to
+    /// [`BootTimings::guest_process_exec`] is the agent's start-to-exec
+    /// work (root filesystem, namespaces, mounts, capabilities, seccomp,
+    /// cgroup).
+    pub guest_start_received: Option<Duration>,
     /// The container root filesystem was ready (guest clock).
     pub guest_rootfs_ready: Option<Duration>,
     /// The main process was about to `execve` (guest clock).
@@ -453,6 +458,7 @@ impl Sandbox {
             first_kvm_run: self.host.first_run,
             agent_connected: self.host.agent_connected,
             guest_agent_start: stage(BootStage::AgentStart),
+            guest_start_received: stage(BootStage::StartReceived),
             guest_rootfs_ready: stage(BootStage::RootfsReady),
             guest_process_exec: stage(BootStage::ProcessExec),
             process_started: since(self.main.started_at()),

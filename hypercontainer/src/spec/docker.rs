@@ -16,7 +16,9 @@
 //! - Docker's 14 default capabilities, changed by `cap_add`/`cap_drop`; for a
 //!   non-root user only as the bounding set (see [`caps::process_capabilities`]);
 //! - the default seccomp profile of the containers-common package (what
-//!   podman uses), evaluated for those capabilities; see [`Seccomp`].
+//!   podman uses), evaluated for those capabilities; see [`Seccomp`];
+//! - rlimits: [`DEFAULT_ULIMITS`](super::DEFAULT_ULIMITS) changed by
+//!   `--ulimit` (see [`super::ulimit`]).
 //!
 //! Whether the user is root is decided from the user string, as the host
 //! sees it: empty, `root`, `0` and `0:GID` are root; any other name or uid
@@ -136,6 +138,9 @@ pub struct ContainerOptions {
     pub sysctls: HashMap<String, String>,
     /// cgroup limits.
     pub limits: Limits,
+    /// Resource limits of every process (`--ulimit`), replacing
+    /// [`DEFAULT_ULIMITS`](super::DEFAULT_ULIMITS) of the same resource.
+    pub ulimits: Vec<super::Ulimit>,
 }
 
 /// Docker's default `/dev/shm` size.
@@ -317,7 +322,7 @@ pub fn container_spec(opts: &ContainerOptions, user: &str) -> Result<oci::Spec> 
     process
         .set_capabilities(Some(caps::process_capabilities(&set, root)))
         .set_no_new_privileges(Some(opts.no_new_privileges))
-        .set_rlimits(None)
+        .set_rlimits(Some(super::ulimit::spec_rlimits(&opts.ulimits)?))
         .set_apparmor_profile(None);
     let mut root_fs = oci::Root::default();
     root_fs.set_readonly(Some(opts.read_only));

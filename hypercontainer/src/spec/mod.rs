@@ -6,10 +6,14 @@
 //!   ([`container_spec`], [`container_env`]) from [`ContainerOptions`];
 //! - [`caps`]: Docker's default capabilities, `--cap-add` / `--cap-drop`;
 //! - [`seccomp`]: seccomp profiles in Docker's format, evaluated for one
-//!   container.
+//!   container;
+//! - [`ulimit`]: `--ulimit` resource limits and the defaults a container
+//!   gets.
 
 pub mod caps;
 pub mod docker;
 pub mod seccomp;
+pub mod ulimit;
 
 pub use docker::{container_env, container_spec, ContainerOptions, Error, Limits, Seccomp, Tmpfs};
+pub use ulimit::{Ulimit, DEFAULT_ULIMITS};
