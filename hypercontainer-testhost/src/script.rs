@@ -72,6 +72,10 @@ pub fn init_script(spec: &ScriptSpec) -> String {
     // The root is already a RAM filesystem: /tmp stays on it, so files
     // packed below /tmp remain visible.
     s.push_str("mkdir -p /tmp && chmod 1777 /tmp\n");
+    // The open-file limits of a systemd machine (1024 soft, 524288 hard)
+    // rather than the kernel's 1024:4096 for init: a host running
+    // sandboxes with shared directories needs the room.
+    s.push_str("ulimit -Hn 524288\n");
     let _ = writeln!(s, "fatal() {{ echo \"{t} FATAL $*\"; poweroff -f; }}");
     let _ = writeln!(s, "echo \"{t} INIT $(cut -d' ' -f1 /proc/uptime)\"");
     for m in &spec.modules {

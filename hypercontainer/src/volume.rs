@@ -51,6 +51,17 @@
 //! [`Ownership`](hypercontainer_virtio::fs::Ownership) in the device's
 //! docs).
 //!
+//! # Open files
+//!
+//! Every file the guest holds open through a share, and every name it keeps
+//! cached, holds an fd of the host process (at most
+//! [`DEFAULT_MAX_OPEN_FDS`](hypercontainer_virtio::fs::passthrough::DEFAULT_MAX_OPEN_FDS)
+//! per share; past it, the guest gets `EMFILE`). So a sandbox with host
+//! directories raises the process's soft `RLIMIT_NOFILE` to its hard limit
+//! when it starts, as Go's runtime and virtiofsd do; the hard limit is
+//! left alone. An embedder that uses `select(2)` on fds above 1024 should
+//! know this; one that wants more room raises the hard limit itself.
+//!
 //! # Differences from Docker
 //!
 //! * Docker copies the image's files at the destination into a new, empty

@@ -64,11 +64,11 @@ echo "mode=$(stat -c %a /vol/d/moved) owner=$(stat -c %u:%g /vol/d/moved)"
 printf 0123456789 > /vol/trunc; truncate -s 4 /vol/trunc
 echo "trunc=$(cat /vol/trunc)"
 mkdir /vol/gone; rmdir /vol/gone; rm /vol/d/link
-dd if=/dev/zero of=/vol/big bs=1M count=64 conv=fsync 2>/dev/null
+dd if=/dev/zero of=/vol/big bs=1M count=64 conv=fsync 2>/tmp/dd.err || { cat /tmp/dd.err >&2; false; }
 echo "big=$(stat -c %s /vol/big) sum=$(md5sum < /vol/big | cut -c1-8)"
 mkdir /vol/many
-i=0; while [ $i -lt 1000 ]; do echo $i > /vol/many/f$i; i=$((i+1)); done
-echo "many=$(ls /vol/many | wc -l) f999=$(cat /vol/many/f999)"
+i=0; while [ $i -lt 10000 ]; do echo $i > /vol/many/f$i; i=$((i+1)); done
+echo "many=$(ls /vol/many | wc -l) f9999=$(cat /vol/many/f9999)"
 mkdir /vol/untar; tar c -C / bin etc 2>/dev/null | tar x -C /vol/untar
 echo "untar=$(ls /vol/untar/bin | wc -l)"
 # Escape attempts: links pointing out of the share resolve in the guest.
@@ -151,7 +151,7 @@ fn volumes_read_write_refuse_and_outlive_the_sandbox() {
             owner_line.as_str(),
             "trunc=0123",
             "big=67108864 sum=7f614da9",
-            "many=1000 f999=999",
+            "many=10000 f9999=9999",
             lines[7],
             "ro-refused=7",
             "device-refused",
@@ -181,7 +181,7 @@ fn volumes_read_write_refuse_and_outlive_the_sandbox() {
     assert!(!rw.join("d/link").exists() && !rw.join("gone").exists());
     assert_eq!(fs::read(rw.join("trunc")).unwrap(), b"0123");
     assert_eq!(fs::metadata(rw.join("big")).unwrap().len(), 64 << 20);
-    assert_eq!(fs::read_dir(rw.join("many")).unwrap().count(), 1000);
+    assert_eq!(fs::read_dir(rw.join("many")).unwrap().count(), 10000);
     assert!(rw.join("untar/bin/busybox").is_file());
     assert_eq!(
         fs::read_link(rw.join("up")).unwrap(),
@@ -211,15 +211,38 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Waits in the guest for `file`, then prints it.
+/// Waits in the guest for `file` (60 s at most, then lists its
+/// directory and fails), then prints it.
 fn await_file(file: &str) -> String {
-    format!("while [ ! -e {file} ]; do sleep 0.1; done; cat {file}")
+    format!(
+        "i=0; while [ ! -e {file} ]; do i=$((i+1)); \
+         if [ $i -gt 600 ]; then echo \"no {file}:\"; ls -la $(dirname {file}); \
+         grep shared /proc/mounts; exit 9; fi; sleep 0.1; done; cat {file}"
+    )
+}
+
+/// The lines `r` gives, through a channel, to wait for them with a
+/// deadline.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(r).lines() {
+            if tx.send(l.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[test]
 #[ignore = "whole-VM test: run by cargo xtask test"]
 fn two_sandboxes_and_the_host_share_one_volume() {
     let dir = tempfile::tempdir().unwrap();
+    // The image's user (`app`, not root) writes there, as under Docker
+    // only into a directory it may write.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
     let vol = || Volume::bind(dir.path(), "/shared");
     let a = sandbox()
         .volume(vol())
@@ -227,31 +250,58 @@ fn two_sandboxes_and_the_host_share_one_volume() {
             "sh",
             "-c",
             &format!(
-                "echo from-a > /shared/a; {}; {}",
+                "set -e; echo started; echo from-a > /shared/a; echo wrote; {}; {}",
                 await_file("/shared/b"),
                 await_file("/shared/host")
             ),
         ])
         .start()
         .unwrap_or_else(|e| panic!("start a: {e}"));
+    let a_lines = lines_of(a.stdout().unwrap());
+    let a_err = lines_of(a.stderr().unwrap());
+    let next = |what: &str| {
+        a_lines.recv_timeout(WAIT).unwrap_or_else(|_| {
+            let err: Vec<String> = a_err.try_iter().collect();
+            panic!(
+                "a: no {what} line; host dir: {:?}; a's stderr: {err:?}",
+                fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect::<Vec<_>>()
+            )
+        })
+    };
+    assert_eq!(next("first"), "started");
+    assert_eq!(next("second"), "wrote");
+    // The host sees the guest's file at once.
+    assert_eq!(
+        fs::read_to_string(dir.path().join("a")).unwrap(),
+        "from-a\n"
+    );
     let b = sandbox()
         .volume(vol())
         .cmd([
             "sh",
             "-c",
-            &format!("{}; echo from-b > /shared/b", await_file("/shared/a")),
+            &format!(
+                "set -e; {}; echo from-b > /shared/b",
+                await_file("/shared/a")
+            ),
         ])
         .start()
         .unwrap_or_else(|e| panic!("start b: {e}"));
     let b_out = read_all(b.stdout().unwrap());
-    assert_eq!(b.wait_timeout(WAIT).unwrap(), Some(0));
-    assert_eq!(b_out, "from-a\n");
+    assert_eq!(
+        (b.wait_timeout(WAIT).unwrap(), b_out.as_str()),
+        (Some(0), "from-a\n"),
+        "b's stderr: {}",
+        read_all(b.stderr().unwrap())
+    );
+    assert_eq!(next("third"), "from-b");
     // A change made on the host while the sandbox runs.
-    std::thread::sleep(Duration::from_millis(200));
     fs::write(dir.path().join("host"), "from-host\n").unwrap();
-    let a_out = read_all(a.stdout().unwrap());
+    assert_eq!(next("fourth"), "from-host");
     assert_eq!(a.wait_timeout(WAIT).unwrap(), Some(0));
-    assert_eq!(a_out, "from-b\nfrom-host\n");
 }
 
 #[test]

@@ -148,7 +148,7 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
     let jobs: Vec<Job> = binaries
         .iter()
         .map(|b| {
-            Job::new(&b.name, &b.executable)
+            Job::new(&b.name, without_debug_info(&b.executable))
                 .args(["--ignored", "--test-threads=1", "--show-output"])
                 .timeout(JOB_TIMEOUT)
         })
@@ -168,6 +168,34 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
         }
         Ok(builder.build()?.run()?)
     })
+}
+
+/// A copy of a test binary without its DWARF sections, beside it in
+/// `whole-vm/`, when `objcopy` can make one: a debug test binary shrinks
+/// to about a quarter, and the emulated host holds its packed files in
+/// RAM. Panic messages keep their file and line (they are in the code);
+/// backtraces keep function names. Else the binary itself.
+fn without_debug_info(exe: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
+        return exe.to_path_buf();
+    };
+    let out = dir.join("whole-vm").join(name);
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if out.is_file() && fresh(&out) >= fresh(exe) {
+        return out;
+    }
+    let made = std::fs::create_dir_all(out.parent().unwrap_or(dir)).is_ok()
+        && std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(exe)
+            .arg(&out)
+            .status()
+            .is_ok_and(|s| s.success());
+    if made {
+        out
+    } else {
+        exe.to_path_buf()
+    }
 }
 
 /// Runs `jobs` with `run_some` (which runs the jobs it is given in one

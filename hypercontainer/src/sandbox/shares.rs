@@ -108,9 +108,37 @@ pub(super) fn plan(
         shares.mounts.push(mount);
     }
     if !device.shares.is_empty() {
+        raise_open_file_limit();
         shares.device = Some(device);
     }
     Ok(shares)
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, as Go's
+/// runtime and virtiofsd do: each file the guest holds open through a
+/// share, and each name it keeps cached, is an fd of the host process, and
+/// the common soft limit of 1024 is soon reached by a guest that unpacks a
+/// tree into a volume. The hard limit is never changed.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let old = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads one rlimit from the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        log::info!(
+            "virtio-fs: raised the soft open-file limit from {old} to {}",
+            lim.rlim_max
+        );
+    }
 }
 
 #[cfg(test)]
