@@ -359,7 +359,7 @@ fn docker_spec_without(caps: bool, seccomp: bool) -> oci::Spec {
 /// confinement is added step by step, medians of 20 starts each (the
 /// steps interleaved, so that drift hits each alike). A host-tier agent
 /// has no cgroup hierarchy of its own, so cgroup creation is measured in
-/// the VM only (`whole_vm_measure.rs`).
+/// the VM only (`benches/start_to_exec.rs`).
 /// `cargo test -p hypercontainer-guest --test host_tier_confinement -- --ignored --nocapture`
 #[test]
 #[ignore = "measurement, run by hand"]

@@ -107,6 +107,63 @@ fn docker_run_semantics_in_one_sandbox_each() {
 
 #[test]
 #[ignore = "whole-VM test: run by cargo xtask test"]
+fn confinement_options_and_environment_as_docker_sets_them() {
+    // `docker run --security-opt no-new-privileges --cap-drop CHOWN
+    // --shm-size 1m --sysctl kernel.shmmax=65536 --cpus 0.5 -u root`.
+    let (out, err, status, _) = sh(
+        sandbox()
+            .user("root")
+            .no_new_privileges(true)
+            .cap_drop("CHOWN")
+            .shm_size(1 << 20)
+            .sysctl("kernel.shmmax", "65536")
+            .limits(Limits {
+                cpus: Some(0.5),
+                ..Limits::default()
+            }),
+        "grep -E '^(NoNewPrivs|CapEff):' /proc/self/status; \
+         df -k /dev/shm | tail -n 1 | awk '{print \"shm=\" $2}'; \
+         echo shmmax=$(cat /proc/sys/kernel/shmmax); \
+         echo cpu.max=$(cat /sys/fs/cgroup/cpu.max); \
+         echo \"HOME=$HOME PATH=$PATH TERM=${TERM-unset}\"; \
+         chown 1:1 /etc/passwd 2>/dev/null; echo chown=$?; \
+         for p in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug /sys/firmware; do \
+           [ -e $p ] || continue; \
+           if grep -q \" $p \" /proc/self/mountinfo; then echo \"masked $p\"; else echo \"visible $p\"; fi; \
+         done",
+    );
+    assert_eq!(status, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // CHOWN is bit 0 of Docker's set.
+    assert_eq!(
+        &lines[..7],
+        [
+            "CapEff:\t00000000a80425fa",
+            "NoNewPrivs:\t1",
+            "shm=1024",
+            "shmmax=65536",
+            "cpu.max=50000 100000",
+            "HOME=/root PATH=/bin TERM=unset",
+            "chown=1",
+        ],
+        "{out}"
+    );
+    // /sys/firmware always exists; every masked path that exists is
+    // covered by a mount, as runc does it.
+    assert!(lines.contains(&"masked /sys/firmware"), "{out}");
+    assert!(!out.contains("visible "), "{out}");
+
+    // Without the options: Docker's defaults.
+    let (out, _, _, _) = sh(
+        sandbox(),
+        "grep NoNewPrivs /proc/self/status; df -k /dev/shm | tail -n 1 | awk '{print $2}'; \
+         echo \"HOME=$HOME\"",
+    );
+    assert_eq!(out, "NoNewPrivs:\t0\n65536\nHOME=/home/app\n");
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
 fn sigterm_without_a_handler_is_ignored_and_stop_kills() {
     let s = sandbox()
         .cmd(["sh", "-c", "echo ready; while :; do sleep 1; done"])

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the project's one test command (README and CI).
 //!
 //! Stages: deps, kernel, testhost-assets, fmt, clippy, doc, `cargo test
-//! --workspace`, the whole-VM tests, the fuzz smoke run. Every stage runs
+//! --workspace`, the whole-VM tests, the main job (`cargo xtask run` with a
+//! volume, checked as `docker run` behaves), the fuzz smoke run. Every stage runs
 //! even when an earlier one failed (unless it needs its output); the last
 //! line is `N passed, N failed` over all stages: each check stage counts
 //! as one, test stages count their tests.
@@ -224,8 +225,12 @@ pub fn cmd() -> Result<()> {
     match (kernel.as_ref(), mode) {
         (Some(kernel), Some(mode)) => {
             t.stage("whole-VM tests", |s| whole_vm(s, mode, kernel, &[]));
+            t.record("main job (cargo xtask run)", crate::mainjob::check);
         }
-        _ => t.skip("whole-VM tests", "no guest kernel or test host"),
+        _ => {
+            t.skip("whole-VM tests", "no guest kernel or test host");
+            t.skip("main job (cargo xtask run)", "no guest kernel or test host");
+        }
     }
 
     // ---- fuzz smoke hook -------------------------------------------------

@@ -18,6 +18,7 @@ mod ci;
 mod deps;
 mod fuzz;
 mod kernel;
+mod mainjob;
 mod run;
 mod util;
 mod wholevm;

@@ -164,18 +164,25 @@ fn bind_spec(spec: &str, share: &mut impl FnMut(&str, bool) -> Result<String>) -
     Ok(format!("{}:{rest}", share(host, ro)?))
 }
 
+/// Builds the examples with the dev profile instead of the release one
+/// when set (the test command's main-job check reuses its test build).
+pub const DEV_PROFILE_ENV: &str = "HYPERCONTAINER_RUN_DEV_PROFILE";
+
 fn build_example(name: &str) -> Result<PathBuf> {
-    let mut child = cargo()
-        .args([
-            "build",
-            "--package",
-            "hypercontainer-examples",
-            "--example",
-            name,
-            // The VMM's device and vCPU threads, and the host side of the
-            // agent protocol, are timed by the run: build them optimized.
-            "--release",
-        ])
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "hypercontainer-examples",
+        "--example",
+        name,
+    ]);
+    if std::env::var_os(DEV_PROFILE_ENV).is_none() {
+        // The VMM's device and vCPU threads, and the host side of the
+        // agent protocol, are timed by the run: build them optimized.
+        cmd.arg("--release");
+    }
+    let mut child = cmd
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .spawn()
