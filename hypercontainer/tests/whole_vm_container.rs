@@ -160,6 +160,14 @@ fn confinement_options_and_environment_as_docker_sets_them() {
          echo \"HOME=$HOME\"",
     );
     assert_eq!(out, "NoNewPrivs:\t0\n65536\nHOME=/home/app\n");
+
+    // On a terminal, and only there, TERM is xterm.
+    let (out, _, status, _) = sh(
+        sandbox().tty(24, 80),
+        "[ -t 1 ] && echo \"TERM=$TERM on a tty\"",
+    );
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("TERM=xterm on a tty"), "{out:?}");
 }
 
 #[test]
