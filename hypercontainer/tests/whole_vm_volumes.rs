@@ -284,7 +284,9 @@ fn two_sandboxes_and_the_host_share_one_volume() {
             "sh",
             "-c",
             &format!(
-                "set -e; {}; echo from-b > /shared/b",
+                // Written under another name and renamed, as a careful
+                // writer does: the reader never sees a half-written file.
+                "set -e; {}; echo from-b > /shared/.b; mv /shared/.b /shared/b",
                 await_file("/shared/a")
             ),
         ])
@@ -299,7 +301,8 @@ fn two_sandboxes_and_the_host_share_one_volume() {
     );
     assert_eq!(next("third"), "from-b");
     // A change made on the host while the sandbox runs.
-    fs::write(dir.path().join("host"), "from-host\n").unwrap();
+    fs::write(dir.path().join(".host"), "from-host\n").unwrap();
+    fs::rename(dir.path().join(".host"), dir.path().join("host")).unwrap();
     assert_eq!(next("fourth"), "from-host");
     assert_eq!(a.wait_timeout(WAIT).unwrap(), Some(0));
 }

@@ -161,6 +161,9 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
                 .env("RUST_BACKTRACE", "1")
                 .timeout(Duration::from_secs(40 * 60))
                 .cpus(testhost_cpus())
+                // Its files live in RAM: room for the volume tests' trees
+                // beside the sandboxes' memory.
+                .memory_mib(3072)
                 .echo(Some("  vm| ")),
         )?;
         for j in rest {
