@@ -58,8 +58,8 @@
 //! [`DEFAULT_MAX_OPEN_FDS`](hypercontainer_virtio::fs::passthrough::DEFAULT_MAX_OPEN_FDS)
 //! per share; past it, the guest gets `EMFILE`). So a sandbox with host
 //! directories raises the process's soft `RLIMIT_NOFILE` to its hard limit
-//! when it starts, as Go's runtime and virtiofsd do; the hard limit is
-//! left alone. An embedder that uses `select(2)` on fds above 1024 should
+//! when it starts, as Go's runtime and virtiofsd do, once per process (a
+//! limit the embedder sets later is kept); the hard limit is left alone. An embedder that uses `select(2)` on fds above 1024 should
 //! know this; one that wants more room raises the hard limit itself.
 //!
 //! # Differences from Docker

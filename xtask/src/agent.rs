@@ -95,6 +95,13 @@ fn build() -> Result<PathBuf> {
     exe.ok_or_else(|| crate::util::Error::Failed("cargo built no agent executable".into()))
 }
 
+/// The busybox test image as an image reference the SDK takes:
+/// `oci-archive:PATH:TAG`, with [`test_image`]'s archive.
+pub fn test_image_ref() -> Result<String> {
+    let image = test_image()?;
+    Ok(format!("oci-archive:{}:{TEST_IMAGE_TAG}", image.display()))
+}
+
 /// The busybox test image as an oci-archive in the cache
 /// (`test-images/busybox-v<N>.oci.tar`, `N` the recipe version), built on
 /// first use by `hypercontainer_image::testimage` (its module docs list

@@ -11,7 +11,7 @@ const SCRIPT: &str = "echo out; echo err >&2; echo kept > /data/file; exit 3";
 
 /// Runs the check; an error says what differed.
 pub fn check() -> Result<()> {
-    let image = crate::agent::test_image()?;
+    let image = crate::agent::test_image_ref()?;
     let dir = std::env::temp_dir().join(format!("hc-main-job-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     let res = run_in(&dir, &image);
@@ -19,16 +19,11 @@ pub fn check() -> Result<()> {
     res
 }
 
-fn run_in(dir: &std::path::Path, image: &std::path::Path) -> Result<()> {
+fn run_in(dir: &std::path::Path, image: &str) -> Result<()> {
     let exe = std::env::current_exe().ctx(|| "finding the xtask executable".into())?;
-    let image = format!(
-        "oci-archive:{}:{}",
-        image.display(),
-        crate::agent::TEST_IMAGE_TAG
-    );
     let volume = format!("{}:/data", dir.display());
     let mut cmd = Command::new(exe);
-    cmd.args(["run", "--", "run", "--user", "root", "-v", &volume, &image])
+    cmd.args(["run", "--", "run", "--user", "root", "-v", &volume, image])
         .args(["sh", "-c", SCRIPT])
         .env(crate::run::DEV_PROFILE_ENV, "1");
     let shown: Vec<String> = cmd

@@ -36,16 +36,11 @@ pub const DEMO: &str = "guest-boot-demo";
 /// The payload of a bare `cargo xtask run`: the SDK's `run` example on the
 /// busybox test image.
 pub fn default_payload() -> Result<Payload> {
-    let image = crate::agent::test_image()?;
     Ok(Payload::Example {
         name: "run".into(),
         args: vec![
             "--timings".into(),
-            format!(
-                "oci-archive:{}:{}",
-                image.display(),
-                crate::agent::TEST_IMAGE_TAG
-            ),
+            crate::agent::test_image_ref()?,
             "sh".into(),
             "-c".into(),
             "echo \"Hello from a HyperContainer sandbox: $(uname -sr), $(id -un) in $(pwd)\""

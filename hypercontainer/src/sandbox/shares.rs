@@ -118,8 +118,14 @@ pub(super) fn plan(
 /// runtime and virtiofsd do: each file the guest holds open through a
 /// share, and each name it keeps cached, is an fd of the host process, and
 /// the common soft limit of 1024 is soon reached by a guest that unpacks a
-/// tree into a volume. The hard limit is never changed.
+/// tree into a volume. The hard limit is never changed, and this runs once
+/// per process: a limit the embedder sets afterwards stays as it is.
 fn raise_open_file_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(raise_soft_open_file_limit);
+}
+
+fn raise_soft_open_file_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
