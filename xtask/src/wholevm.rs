@@ -90,10 +90,18 @@ pub fn build() -> Result<Vec<TestBinary>> {
 /// Host tools the whole-VM tests run (packed into the emulated host with
 /// their libraries), and the files those tools read.
 const TOOLS: &[&str] = &["mke2fs", "debugfs"];
-const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf"];
+/// Files packed when present (passt, started as root, looks `nobody` up).
+const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf", "/etc/passwd", "/etc/group"];
 /// Host programs packed when installed; the tests that need them skip
-/// without (the registry pull test runs Debian's `docker-registry`).
-const OPTIONAL_TOOLS: &[&str] = &["/usr/bin/docker-registry"];
+/// without (the registry pull test runs Debian's `docker-registry`, the
+/// network tests passt, which runs `passt.avx2` where the CPU has AVX2,
+/// and iproute2's `ip`).
+const OPTIONAL_TOOLS: &[&str] = &[
+    "/usr/bin/docker-registry",
+    "/usr/bin/passt",
+    "/usr/bin/passt.avx2",
+    "/usr/sbin/ip",
+];
 
 /// Static programs the whole-VM tests put into their guests, built from C
 /// with the system compiler: (environment variable naming the binary,

@@ -33,8 +33,12 @@ const LEN_BYTES: usize = 4;
 /// usually brings several small ones.
 const RX_CAPACITY: usize = 2 * (LEN_BYTES + MAX_STREAM_FRAME_LEN);
 
-/// A [`NetBackend`] over a connected stream socket carrying length-prefixed
-/// frames (see the [module docs](self)).
+/// A [`NetBackend`] over a connected stream socket carrying frames each
+/// preceded by its length (4 bytes, big-endian), as QEMU's `stream` netdev
+/// and passt frame them. A frame only partly written when the socket
+/// fills is kept and finished once the socket is writable again; a length
+/// above [`MAX_STREAM_FRAME_LEN`] or the peer hanging up closes the
+/// backend for good.
 #[derive(Debug)]
 pub struct StreamBackend {
     socket: UnixStream,
