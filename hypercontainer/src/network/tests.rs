@@ -170,3 +170,51 @@ fn a_passt_that_dies_is_reported() {
     let err = running.failure().expect("the death is reported");
     assert!(err.to_string().contains("network is down"), "{err}");
 }
+
+/// An ARP request from the user-mode guest for `target`.
+fn arp_request(mac: [u8; 6], target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&USER_GUEST_IPV4.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// The framing against the real thing: passt answers an ARP request for
+/// the gateway sent through the stream backend.
+#[test]
+fn real_passt_answers_arp_through_the_stream_backend() {
+    use hypercontainer_virtio::net::NetBackend;
+    let uplink = Uplink::of_host();
+    if passt_binary().is_err() || !uplink.ipv4 {
+        eprintln!("skipped: no passt or no IPv4 default route");
+        return;
+    }
+    let args = passt_args(&Network::user(), true, uplink.ipv6, &[]);
+    let (_passt, socket) = passt::Passt::spawn(&args).expect("start passt");
+    let mut backend = StreamBackend::new(socket).unwrap();
+    let mac = [0x02, 0, 0, 0, 0, 7];
+    backend
+        .send_frame(&arp_request(mac, USER_GATEWAY_IPV4))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match backend.recv_frame(&mut buf) {
+            Ok(n) if n >= 42 && buf[12..14] == [0x08, 0x06] && buf[20..22] == [0, 2] => {
+                assert_eq!(&buf[0..6], &mac, "the reply is for us");
+                assert_eq!(&buf[28..32], &USER_GATEWAY_IPV4.octets());
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "no ARP reply from passt");
+    }
+}
