@@ -24,8 +24,10 @@
 //! stderr, each line stamped with the host time since the start;
 //! `--kernel-arg ARG` (repeatable) appends to the guest kernel's command
 //! line (`--console --kernel-arg loglevel=7` traces a boot).
-//! `--network user|none|tap:NAME` picks the network (default `none`,
-//! loopback only): `user` is rootless networking through a passt of the
+//! `--network user|none|ns:PATH|tap:NAME` picks the network (default
+//! `none`, loopback only): `ns:PATH` joins the network namespace file PATH
+//! prepared by CNI, podman or containerd (the guest takes over its
+//! interface); `user` is rootless networking through a passt of the
 //! sandbox's own, with `-p [IP:]HOST:GUEST[/tcp|udp]` (repeatable; the
 //! address defaults to 127.0.0.1, host port 0 takes any free port, and the
 //! ports bound are printed on stderr) and `--host-loopback` (the gateway
@@ -87,8 +89,12 @@ struct Args {
     /// Append to the guest kernel's command line.
     #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
-    /// The network: user (passt), none (loopback only) or tap:NAME.
-    #[arg(long, value_name = "user|none|tap:NAME", default_value = "none")]
+    /// The network: user (passt), none (loopback only), ns:PATH or tap:NAME.
+    #[arg(
+        long,
+        value_name = "user|none|ns:PATH|tap:NAME",
+        default_value = "none"
+    )]
     network: String,
     /// Publish a guest port (user network): [IP:]HOST:GUEST[/tcp|udp].
     #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST[/PROTO]")]
@@ -253,9 +259,17 @@ fn network(a: &Args) -> Result<Network, String> {
             }
             Ok(u.into())
         }
+        n if n.starts_with("ns:") => {
+            if user_only || tap_only {
+                return Err("--network ns:PATH takes its settings from the namespace".into());
+            }
+            Ok(Network::netns(&n[3..]).into())
+        }
         n => {
             let Some(name) = n.strip_prefix("tap:") else {
-                return Err(format!("--network {n}: expected user, none or tap:NAME"));
+                return Err(format!(
+                    "--network {n}: expected user, none, ns:PATH or tap:NAME"
+                ));
             };
             if user_only {
                 return Err("-p and --host-loopback are for --network user".into());

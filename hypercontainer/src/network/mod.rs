@@ -1,6 +1,7 @@
 //! A sandbox's network: [`Network::user`] (rootless, through `passt`),
-//! [`Network::tap`] (a tap the embedder wires up) or [`Network::none`]
-//! (loopback only, the default).
+//! [`Network::netns`] (a network namespace prepared by CNI, podman or
+//! containerd), [`Network::tap`] (a tap the embedder wires up) or
+//! [`Network::none`] (loopback only, the default).
 //!
 //! Every mode ends the same way in the guest: the VM gets one virtio-net
 //! device, and the agent, before the container's root is built, finds the
@@ -29,6 +30,7 @@
 //! sandboxes share nothing: each has its own passt, so one reaches another
 //! only through the other's published ports.
 
+mod netns;
 pub mod passt;
 mod ports;
 mod tap;
@@ -44,6 +46,7 @@ use hypercontainer_virtio::net::StreamBackend;
 
 use crate::vmm::devices::NetConfig;
 
+pub use netns::NetnsNetwork;
 pub use passt::{passt_binary, PASST_ENV};
 pub use ports::{ParsePortError, PortMapping, Protocol, PublishedPort, DEFAULT_PUBLISH_ADDRESS};
 pub use tap::TapNetwork;
@@ -132,6 +135,26 @@ pub enum Error {
         /// What it said on standard error.
         stderr: String,
     },
+    /// The network namespace named does not exist.
+    #[error(
+        "network namespace {} does not exist: give the path of a namespace file \
+         (/run/netns/NAME, /proc/PID/ns/net)", path.display()
+    )]
+    NetnsMissing {
+        /// The path given.
+        path: std::path::PathBuf,
+    },
+    /// Setting up (or reading) the network namespace failed.
+    #[error("network namespace {}: {what}", path.display())]
+    Netns {
+        /// The namespace.
+        path: std::path::PathBuf,
+        /// The step.
+        what: String,
+        /// Why (a tool's own words when it failed).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The tap's name is invalid.
     #[error("invalid tap: {reason}")]
     Tap {
@@ -165,6 +188,7 @@ enum Kind {
     None,
     User(UserNetwork),
     Tap(TapNetwork),
+    Netns(NetnsNetwork),
 }
 
 impl Network {
@@ -191,12 +215,20 @@ impl Network {
         TapNetwork::fd(fd)
     }
 
+    /// The network namespace at `path` (e.g. `/run/netns/NAME`, made by
+    /// CNI, podman or containerd): the guest takes over its interface (see
+    /// [`NetnsNetwork`]). Needs `CAP_NET_ADMIN` over the namespace.
+    pub fn netns(path: impl Into<std::path::PathBuf>) -> NetnsNetwork {
+        NetnsNetwork::new(path.into())
+    }
+
     /// Checks the settings, before anything is started.
     pub(crate) fn validate(&self) -> Result<()> {
         match &self.0 {
             Kind::None => Ok(()),
             Kind::User(u) => u.validate(),
             Kind::Tap(t) => t.validate(),
+            Kind::Netns(n) => n.validate(),
         }
     }
 
@@ -223,6 +255,14 @@ impl Network {
                 (device, guest, Running::default())
             }
             Kind::User(u) => u.start()?,
+            Kind::Netns(n) => {
+                let (device, guest, guard) = n.start()?;
+                let running = Running {
+                    _netns: Some(guard),
+                    ..Running::default()
+                };
+                (device, guest, running)
+            }
         };
         let mac = guest.mac.unwrap_or(fallback_mac);
         Ok(Attached {
@@ -236,6 +276,12 @@ impl Network {
 impl From<UserNetwork> for Network {
     fn from(u: UserNetwork) -> Self {
         Network(Kind::User(u))
+    }
+}
+
+impl From<NetnsNetwork> for Network {
+    fn from(n: NetnsNetwork) -> Self {
+        Network(Kind::Netns(n))
     }
 }
 
@@ -258,6 +304,8 @@ pub(crate) struct Attached {
 pub(crate) struct Running {
     passt: Option<passt::Passt>,
     ports: Vec<PublishedPort>,
+    /// Held for its `Drop`: the namespace is restored after the VM closed the tap.
+    _netns: Option<netns::NetnsGuard>,
 }
 
 impl Running {
@@ -414,6 +462,7 @@ impl UserNetwork {
         let running = Running {
             passt: Some(passt),
             ports: published,
+            _netns: None,
         };
         Ok((NetConfig::backend(Box::new(backend)), guest, running))
     }

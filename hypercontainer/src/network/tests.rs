@@ -215,6 +215,9 @@ fn real_passt_answers_arp_through_the_stream_backend() {
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(std::time::Instant::now() < deadline, "no ARP reply from passt");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ARP reply from passt"
+        );
     }
 }
