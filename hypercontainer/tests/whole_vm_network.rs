@@ -325,3 +325,145 @@ fn tap_mode_dual_stack_routes_mtu_and_traffic() {
     );
     assert!(served.join().unwrap().starts_with("GET / HTTP/1."));
 }
+
+/// Runs a CNI plugin as a runtime does: the command in the environment,
+/// the network configuration on stdin; returns its JSON result.
+fn cni(command: &str, plugin: &str, netns: &str, id: &str, config: &str) -> serde_json::Value {
+    let mut child = Command::new(format!("/usr/lib/cni/{plugin}"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the CNI plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "CNI {command} {plugin}: {text}");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// The `address` of the first IP of `family` ("4" or "6") in a CNI result,
+/// without its prefix.
+fn cni_ip(result: &serde_json::Value, v6: bool) -> String {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .find(|a| a.contains(':') == v6)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv{} in {result}", if v6 { 6 } else { 4 }))
+        .to_string()
+}
+
+fn in_netns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn netns_mode_with_cni_bridge_and_host_local() {
+    if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
+        eprintln!("skipped: no CNI plugins (containernetworking-plugins)");
+        return;
+    }
+    let pid = std::process::id();
+    let (bridge, ns_vm, ns_srv) = ("hcbr0", format!("hcvm{pid}"), format!("hcsrv{pid}"));
+    ip(&["link", "add", bridge, "type", "bridge"]);
+    ip(&["link", "set", bridge, "up"]);
+    let config = format!(
+        r#"{{"cniVersion":"0.4.0","name":"hcnet","type":"bridge","bridge":"{bridge}",
+            "isGateway":true,"ipMasq":false,
+            "ipam":{{"type":"host-local","dataDir":"/tmp/hc-cni-{pid}",
+              "ranges":[[{{"subnet":"10.89.0.0/24"}}],[{{"subnet":"fd89::/64"}}]],
+              "routes":[{{"dst":"0.0.0.0/0"}},{{"dst":"::/0"}}]}}}}"#
+    );
+    let mut results = Vec::new();
+    for ns in [&ns_vm, &ns_srv] {
+        ip(&["netns", "add", ns]);
+        let path = format!("/run/netns/{ns}");
+        results.push(cni("ADD", "bridge", &path, ns, &config));
+    }
+    let (vm_ip4, vm_ip6) = (cni_ip(&results[0], false), cni_ip(&results[0], true));
+    let (srv_ip4, srv_ip6) = (cni_ip(&results[1], false), cni_ip(&results[1], true));
+    let links_before = in_netns(&ns_vm, &["ip", "-o", "link", "show"]);
+
+    // A server in the other namespace on the bridge.
+    let www = std::env::temp_dir().join(format!("hc-www-{pid}"));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from the bridge\n").unwrap();
+    let busybox = std::env::var("HYPERCONTAINER_BUSYBOX").unwrap_or_else(|_| "busybox".into());
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", &ns_srv, &busybox, "httpd", "-f", "-p", "8080", "-h",
+        ])
+        .arg(&www)
+        .spawn()
+        .unwrap();
+
+    let script = format!(
+        "ip -o addr show eth0 | grep -o 'inet6\\? [0-9a-f.:/]*'; ip route; ip -6 route; \
+         echo mtu=$(cat /sys/class/net/eth0/mtu); \
+         wget -q -T 20 -O - http://{srv_ip4}:8080/ && wget -q -T 20 -O - 'http://[{srv_ip6}]:8080/'"
+    );
+    let r = run_to_end(
+        sandbox()
+            .network(Network::netns(format!("/run/netns/{ns_vm}")))
+            .cmd(["sh", "-c", &script]),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = &r.out;
+    assert_eq!(r.status, 0, "stdout:\n{out}\nstderr:\n{}", r.err);
+    for want in [
+        format!("inet {vm_ip4}/24"),
+        format!("inet6 {vm_ip6}/64"),
+        "default via 10.89.0.1 dev eth0".to_string(),
+        "default via fd89::1 dev eth0".to_string(),
+        "hello from the bridge\nhello from the bridge".to_string(),
+    ] {
+        assert!(out.contains(&want), "no {want:?} in:\n{out}");
+    }
+
+    // The namespace is as CNI left it: no tap, no ingress qdisc.
+    assert_eq!(
+        in_netns(&ns_vm, &["ip", "-o", "link", "show"]),
+        links_before
+    );
+    let qdiscs = in_netns(&ns_vm, &["tc", "qdisc", "show", "dev", "eth0"]);
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+
+    for ns in [&ns_vm, &ns_srv] {
+        cni("DEL", "bridge", &format!("/run/netns/{ns}"), ns, &config);
+        ip(&["netns", "del", ns]);
+    }
+    ip(&["link", "del", bridge]);
+    let _ = std::fs::remove_dir_all(&www);
+}
+
+#[test]
+#[ignore = "whole-VM test: run by cargo xtask test"]
+fn a_namespace_that_does_not_exist_is_refused() {
+    let e = sandbox()
+        .network(Network::netns("/run/netns/hc-no-such-namespace"))
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Network(network::Error::NetnsMissing { .. })),
+        "{e}"
+    );
+}

@@ -95,12 +95,17 @@ const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf", "/etc/passwd", "/etc/group"];
 /// Host programs packed when installed; the tests that need them skip
 /// without (the registry pull test runs Debian's `docker-registry`, the
 /// network tests passt, which runs `passt.avx2` where the CPU has AVX2,
-/// and iproute2's `ip`).
+/// iproute2's `ip` and `tc`, and the CNI plugins of Debian's
+/// `containernetworking-plugins`).
 const OPTIONAL_TOOLS: &[&str] = &[
     "/usr/bin/docker-registry",
     "/usr/bin/passt",
     "/usr/bin/passt.avx2",
     "/usr/sbin/ip",
+    "/usr/sbin/tc",
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/loopback",
 ];
 
 /// Static programs the whole-VM tests put into their guests, built from C
