@@ -21,7 +21,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use hypercontainer::network::{self, Network, PortMapping};
-use hypercontainer::sandbox::Error;
+use hypercontainer::sandbox::{Error, Exec};
 
 use sandbox_common::{run_to_end, sandbox};
 
@@ -236,6 +236,12 @@ fn user_mode_egress_ports_isolation_and_teardown() {
     assert!(down.to_string().contains("network is down"), "{down}");
     assert!(fetch(ports[0].host).ends_with("hello-from-a\n"));
     assert!(a.network_error().is_none());
+    // The guest sees its link down.
+    let p = b
+        .exec(Exec::new(["cat", "/sys/class/net/eth0/carrier"]))
+        .unwrap();
+    let carrier = sandbox_common::read_all(p.stdout().unwrap());
+    assert_eq!(carrier.trim(), "0", "B's NIC has no carrier");
 
     // Teardown: passt goes with its sandbox.
     drop(b);

@@ -16,6 +16,12 @@
 //!
 //! Longer frames, in either direction, are dropped and counted, as are
 //! frames the guest has no room for.
+//!
+//! The device offers `VIRTIO_NET_F_STATUS`: the link is up until the
+//! backend reports its other end gone for good ([`NetBackend::is_closed`],
+//! e.g. a user-mode network stack that exited); then the config space says
+//! link down and the guest is told with a configuration-change interrupt,
+//! so the guest's interface shows `NO-CARRIER`.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -25,7 +31,8 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
@@ -234,6 +241,7 @@ impl NetBuilder {
             backend_readable: true,
             registered: None,
             stats: NetStats::default(),
+            link_up: true,
         })
     }
 }
@@ -254,6 +262,8 @@ pub struct Net {
     backend_readable: bool,
     registered: Option<EventSet>,
     stats: NetStats,
+    /// What the config space's status says; down once the backend closed.
+    link_up: bool,
 }
 
 impl std::fmt::Debug for Net {
@@ -394,6 +404,28 @@ impl Net {
         }
     }
 
+    /// Whether the guest is told the link is up.
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    /// Takes the link down, once, when the backend closed for good.
+    fn check_link(&mut self) {
+        if !self.link_up || !self.backend.is_closed() {
+            return;
+        }
+        self.link_up = false;
+        log::warn!("virtio-net: the backend closed; the guest's link is down");
+        if let Some(active) = self.link.active() {
+            if let Err(e) = active
+                .interrupt
+                .trigger(crate::interrupt::InterruptType::ConfigChange)
+            {
+                error!("virtio-net: cannot signal the link change: {e}");
+            }
+        }
+    }
+
     fn reconcile(&mut self, ops: &mut EventOps) {
         let desired = if self.link.is_active() && !self.backend.is_closed() {
             let mut set = EventSet::empty();
@@ -515,7 +547,7 @@ impl VirtioDevice for Net {
 
     fn features(&self) -> u64 {
         let offloads = if self.vnet_hdr { OFFLOAD_FEATURES } else { 0 };
-        device::VERSION_1 | (1 << VIRTIO_NET_F_MAC) | offloads
+        device::VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS) | offloads
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -523,7 +555,16 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        device::read_config_bytes(&self.mac, offset, data);
+        // struct virtio_net_config: mac[6], then status (le16).
+        let status = if self.link_up {
+            VIRTIO_NET_S_LINK_UP as u16
+        } else {
+            0
+        };
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..].copy_from_slice(&status.to_le_bytes());
+        device::read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> device::Result<()> {
@@ -573,6 +614,7 @@ impl MutEventSubscriber for Net {
             other => debug!("virtio-net: unexpected event {other}"),
         }
         self.process_rx();
+        self.check_link();
         self.reconcile(ops);
     }
 }
@@ -631,6 +673,41 @@ mod tests {
         f.net.read_config(0, &mut mac);
         assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
         assert_ne!(f.net.features() & (1 << VIRTIO_NET_F_MAC), 0);
+    }
+
+    #[test]
+    fn the_link_goes_down_when_a_stream_backend_closes() {
+        let mem = Arc::new(guest_memory(1 << 20));
+        let (dev_end, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut net = Net::builder(Box::new(StreamBackend::new(dev_end).unwrap()))
+            .build()
+            .unwrap();
+        assert_ne!(net.features() & (1 << VIRTIO_NET_F_STATUS), 0);
+        let status = |net: &Net| {
+            let mut s = [0u8; 2];
+            net.read_config(6, &mut s);
+            u16::from_le_bytes(s)
+        };
+        assert_eq!(status(&net), VIRTIO_NET_S_LINK_UP as u16);
+        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 16);
+        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
+        let interrupt = Arc::new(MockInterrupt::new());
+        net.activate(activation(
+            &mem,
+            vec![rx.create_queue(), tx.create_queue()],
+            interrupt.clone(),
+            0,
+        ))
+        .unwrap();
+        drop(peer);
+        net.process_rx();
+        net.check_link();
+        assert!(!net.link_up());
+        assert_eq!(status(&net), 0);
+        assert_eq!(interrupt.config_change_count(), 1);
+        // Once.
+        net.check_link();
+        assert_eq!(interrupt.config_change_count(), 1);
     }
 
     #[test]
