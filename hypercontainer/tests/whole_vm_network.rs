@@ -387,6 +387,8 @@ fn netns_mode_with_cni_bridge_and_host_local() {
         eprintln!("skipped: no CNI plugins (containernetworking-plugins)");
         return;
     }
+    // `ip netns` keeps its namespaces under /run/netns.
+    std::fs::create_dir_all("/run/netns").unwrap();
     let pid = std::process::id();
     let (bridge, ns_vm, ns_srv) = ("hcbr0", format!("hcvm{pid}"), format!("hcsrv{pid}"));
     ip(&["link", "add", bridge, "type", "bridge"]);
