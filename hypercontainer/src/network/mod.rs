@@ -478,6 +478,8 @@ fn passt_args(u: &UserNetwork, v4: bool, v6: bool, ports: &[PublishedPort]) -> V
     let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
     // The agent configures the guest: no DHCP, DHCPv6 or router adverts.
     push(&["--no-dhcp", "--no-dhcpv6", "--no-ra"]);
+    // What the guest's interface is set to (the frames the device carries).
+    push(&["-m", &USER_MTU.to_string()]);
     if !u.map_host_loopback {
         push(&["--no-map-gw"]);
     }
