@@ -31,10 +31,14 @@ fn ip(args: &[&str]) {
     assert!(st.success(), "ip {args:?}: {st}");
 }
 
-/// Gives the host a default route if it has none (see the module docs).
+/// Brings the host's loopback up and gives the host a default route if it
+/// has none (see the module docs). Busybox's `wget -T` crashes on a failed
+/// connection, so the guest scripts call `wget` without it.
 fn ensure_uplink() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // The emulated host's init leaves its loopback down.
+        ip(&["link", "set", "lo", "up"]);
         let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
         if route
             .lines()
@@ -209,8 +213,8 @@ fn user_mode_egress_ports_isolation_and_teardown() {
     // A only through A's published port; A's httpd is not at B's
     // 10.0.2.100:80.
     let b_script = format!(
-        "wget -q -T 10 -O - http://10.0.2.2:{}/ && echo via-published-port; \
-         wget -q -T 5 -O - http://10.0.2.100:80/ || echo no-direct-route; echo ready; exec sleep 600",
+        "wget -q -O - http://10.0.2.2:{}/ && echo via-published-port; \
+         wget -q -O - http://10.0.2.100:80/ || echo no-direct-route; echo ready; exec sleep 600",
         ports[0].host.port()
     );
     let b = sandbox()
@@ -387,6 +391,7 @@ fn netns_mode_with_cni_bridge_and_host_local() {
         eprintln!("skipped: no CNI plugins (containernetworking-plugins)");
         return;
     }
+    ensure_uplink();
     // `ip netns` keeps its namespaces under /run/netns.
     std::fs::create_dir_all("/run/netns").unwrap();
     let pid = std::process::id();
@@ -426,7 +431,7 @@ fn netns_mode_with_cni_bridge_and_host_local() {
     let script = format!(
         "ip -o addr show eth0 | grep -o 'inet6\\? [0-9a-f.:/]*'; ip route; ip -6 route; \
          echo mtu=$(cat /sys/class/net/eth0/mtu); \
-         wget -q -T 20 -O - http://{srv_ip4}:8080/ && wget -q -T 20 -O - 'http://[{srv_ip6}]:8080/'"
+         wget -q -O - http://{srv_ip4}:8080/ && wget -q -O - 'http://[{srv_ip6}]:8080/'"
     );
     let r = run_to_end(
         sandbox()

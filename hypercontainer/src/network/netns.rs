@@ -74,6 +74,13 @@ impl NetnsNetwork {
     /// Reads the interface, creates the tap and the redirects; returns the
     /// VM's device, the guest's settings and the teardown guard.
     pub(super) fn start(self) -> Result<(NetConfig, GuestConfig, NetnsGuard)> {
+        let (tap, guest, guard) = self.start_tap()?;
+        let fd: OwnedFd = tap.into_fd();
+        Ok((NetConfig::tap_fd(fd), guest, guard))
+    }
+
+    /// [`NetnsNetwork::start`] with the tap itself.
+    fn start_tap(self) -> Result<(Tap, GuestConfig, NetnsGuard)> {
         let ns = File::open(&self.path).map_err(|source| Error::Netns {
             path: self.path.clone(),
             what: "opening the namespace".into(),
@@ -129,8 +136,7 @@ impl NetnsNetwork {
                 ],
             )?;
         }
-        let fd: OwnedFd = tap.into_fd();
-        Ok((NetConfig::tap_fd(fd), guest, guard))
+        Ok((tap, guest, guard))
     }
 }
 
@@ -380,6 +386,47 @@ mod tests {
         assert!(guest_config("eth9", &l, &r4, &r6).is_none());
     }
 
+    /// As the guest would: an ARP request for 10.77.0.1 written to the tap
+    /// reaches the veth's peer through the redirects, and its reply comes
+    /// back on the tap.
+    fn arp_through(tap: &Tap, mac: [u8; 6]) {
+        use std::io::{Read, Write};
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&[10, 77, 0, 2]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 77, 0, 1]);
+        let fd = tap.as_raw_fd();
+        // SAFETY: `fd` stays open (the tap outlives the File, which is
+        // forgotten, not closed).
+        let mut file = std::mem::ManuallyDrop::new(unsafe {
+            <File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        file.write_all(&f).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut buf = [0u8; 2048];
+        loop {
+            match file.read(&mut buf) {
+                Ok(n) if n >= 12 + 42 && buf[12 + 12..12 + 14] == [8, 6] && buf[12 + 21] == 2 => {
+                    assert_eq!(&buf[12..18], &mac);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no ARP reply through the tap"
+            );
+        }
+    }
+
     fn ip(args: &[&str]) -> bool {
         Command::new("ip")
             .args(args)
@@ -433,9 +480,12 @@ mod tests {
                     .unwrap();
                 String::from_utf8_lossy(&out.stdout).into_owned()
             };
+            assert!(ip(&["addr", "add", "10.77.0.1/24", "dev", &host_end]));
+            assert!(ip(&["link", "set", &host_end, "up"]));
             let net = NetnsNetwork::new(path);
             net.validate().unwrap();
-            let (device, guest, guard) = net.start().expect("join the namespace");
+            let (tap, guest, guard) = net.start_tap().expect("join the namespace");
+            arp_through(&tap, guest.mac.unwrap());
             assert_eq!(guest.mtu, Some(1400));
             let addrs: Vec<String> = guest.addresses.iter().map(|a| a.to_string()).collect();
             assert_eq!(addrs, ["10.77.0.2/24", "fd77::2/64"]);
@@ -447,7 +497,7 @@ mod tests {
                 .contains(&Route::default_via("fd77::1".parse().unwrap())));
             assert!(tc_show("eth0").contains("mirred"), "{}", tc_show("eth0"));
             assert!(tc_show("hctap0").contains("mirred"));
-            drop(device);
+            drop(tap);
             drop(guard);
             assert!(!tc_show("eth0").contains("mirred"), "the filter is gone");
             assert!(
