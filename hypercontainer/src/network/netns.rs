@@ -115,10 +115,18 @@ impl NetnsNetwork {
             source,
         })?;
         let tap_name = tap.name().to_string();
+        let txqlen = links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["ifname"] == name.as_str())
+            .and_then(|l| l["txqlen"].as_u64())
+            .unwrap_or(0);
         let mut guard = NetnsGuard {
             ns,
             path: self.path.clone(),
             veth: name.clone(),
+            txqlen,
             qdisc: false,
         };
         let mtu = guest.mtu.unwrap_or(1500).to_string();
@@ -210,6 +218,9 @@ pub(crate) struct NetnsGuard {
     ns: File,
     path: PathBuf,
     veth: String,
+    /// The interface's queue length as found (a veth's is 0; the kernel
+    /// sets 1000 when a qdisc is added to it).
+    txqlen: u64,
     qdisc: bool,
 }
 
@@ -227,6 +238,11 @@ impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if self.qdisc {
             if let Err(e) = self.run("tc", &["qdisc", "del", "dev", &self.veth, "ingress"]) {
+                log::warn!("leaving the network namespace: {e}");
+            }
+            let qlen = self.txqlen.to_string();
+            let args = ["link", "set", "dev", &self.veth, "txqueuelen", &qlen];
+            if let Err(e) = self.run("ip", &args) {
                 log::warn!("leaving the network namespace: {e}");
             }
         }
@@ -482,6 +498,14 @@ mod tests {
             };
             assert!(ip(&["addr", "add", "10.77.0.1/24", "dev", &host_end]));
             assert!(ip(&["link", "set", &host_end, "up"]));
+            let links = || {
+                let out = Command::new("ip")
+                    .args(["-n", &ns, "-o", "link", "show"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let before = links();
             let net = NetnsNetwork::new(path);
             net.validate().unwrap();
             let (tap, guest, guard) = net.start_tap().expect("join the namespace");
@@ -504,6 +528,7 @@ mod tests {
                 !ip(&["-n", &ns, "link", "show", "hctap0"]),
                 "the tap is gone"
             );
+            assert_eq!(links(), before, "the links are as found");
         }
         assert!(ip(&["netns", "del", &ns]));
         if !made {
