@@ -155,6 +155,12 @@ fn tool(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Memory of the emulated host of a whole-VM run. Its root is a RAM file
+/// system holding every whole-VM test binary (debug builds, about 90 MiB
+/// each) and the tools; Linux lets it grow to half the memory, which 2 GiB
+/// no longer covered once there were eight targets.
+const WHOLE_VM_HOST_MIB: u32 = 3072;
+
 /// Runs the given test binaries' ignored tests through the test host
 /// ([`resuming`] over lockups of the emulated host).
 pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
@@ -174,6 +180,7 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
                 .env("RUST_BACKTRACE", "1")
                 .timeout(Duration::from_secs(40 * 60))
                 .cpus(testhost_cpus())
+                .memory_mib(WHOLE_VM_HOST_MIB)
                 .echo(Some("  vm| ")),
         )?;
         for j in rest {
