@@ -92,8 +92,14 @@ pub fn build() -> Result<Vec<TestBinary>> {
 const TOOLS: &[&str] = &["mke2fs", "debugfs"];
 const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf"];
 /// Host programs packed when installed; the tests that need them skip
-/// without (the registry pull test runs Debian's `docker-registry`).
-const OPTIONAL_TOOLS: &[&str] = &["/usr/bin/docker-registry"];
+/// without (the registry pull test runs Debian's `docker-registry`; the
+/// file-sharing benchmark runs QEMU's C virtiofsd as a peer and
+/// `mkfs.erofs` for its block reference).
+const OPTIONAL_TOOLS: &[&str] = &[
+    "/usr/bin/docker-registry",
+    hypercontainer_testhost::share::VIRTIOFSD,
+    "/usr/bin/mkfs.erofs",
+];
 
 /// Static programs the whole-VM tests put into their guests, built from C
 /// with the system compiler: (environment variable naming the binary,
