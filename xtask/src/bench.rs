@@ -86,6 +86,9 @@ pub fn cmd(args: &[String]) -> Result<()> {
                 .mode(mode.clone())
                 .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
                 .timeout(Duration::from_secs(90 * 60))
+                // Room for the file-sharing benchmark's share (two 256 MiB
+                // files and an EROFS image of one) beside a guest's memory.
+                .memory_mib(3072)
                 .echo(Some("")),
         )?;
         // Knobs of the benchmarks (`HYPERCONTAINER_BENCH_*`,
