@@ -48,7 +48,7 @@ echo "HCEND find_3000 $?"
 echo "HCCOUNT $(wc -l < /tmp/paths)"
 drop
 echo "HCSTART stat_3000"
-xargs stat -c '%s %Y' < /tmp/paths > /dev/null
+cat /tmp/paths | xargs stat -c '%s %Y' > /dev/null
 echo "HCEND stat_3000 $?"
 echo HCBENCH-DONE
 reboot -f

@@ -15,7 +15,10 @@
 //! - `untar_3000`: busybox `tar -x` of `files.tar`, then `sync`;
 //! - `find_3000`: `find` over the unpacked tree, caches dropped first;
 //! - `stat_3000`: busybox `stat` of every path `find` listed (through
-//!   `xargs`), caches dropped first.
+//!   `xargs`), caches dropped first. The list reaches `xargs` through a
+//!   pipe: busybox runs `stat` forked without exec, and a child exiting
+//!   with buffered input would move the offset of a shared regular-file
+//!   stdin under `xargs` (seen as paths missing bytes).
 //!
 //! Timing: each workload is framed by `HCSTART NAME` / `HCEND NAME RC`
 //! console lines, and its time is the host's monotonic clock between the
