@@ -66,7 +66,11 @@ pub struct LineClock {
 
 impl LineClock {
     pub fn feed(&mut self, bytes: &[u8]) {
-        let now = Instant::now();
+        self.feed_at(bytes, Instant::now());
+    }
+
+    /// [`Self::feed`] of bytes that arrived at `now`.
+    pub fn feed_at(&mut self, bytes: &[u8], now: Instant) {
         for &b in bytes {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.partial).trim().to_string();

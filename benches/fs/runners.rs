@@ -87,7 +87,15 @@ pub fn qemu_run(i: &Inputs, qemu: &Path, setup: Setup, run: u32) -> Vec<(String,
         &i.initramfs_path,
         &format!("{} reboot=t", cmdline(setup, run)),
     );
-    cmd.args(["-serial", "stdio"]);
+    // Modern (virtio 1.0) virtio-mmio, as this VMM's devices are:
+    // libvhost-user refuses legacy devices, and both peers then speak the
+    // same transport revision as ours.
+    cmd.args([
+        "-serial",
+        "stdio",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+    ]);
     let mut _daemon = None;
     match setup {
         Setup::Virtiofsd => {
@@ -124,14 +132,41 @@ pub fn qemu_run(i: &Inputs, qemu: &Path, setup: Setup, run: u32) -> Vec<(String,
             .expect("run QEMU"),
     );
     let mut out = child.0.stdout.take().unwrap();
+    // The console is read on a thread of its own, so that a guest stuck
+    // on its device ends the run after TIMEOUT instead of hanging it.
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, Instant)>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((buf[..n].to_vec(), Instant::now())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
     let mut clock = LineClock::default();
-    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + TIMEOUT;
     loop {
-        match out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => clock.feed(&buf[..n]),
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((bytes, at)) => clock.feed_at(&bytes, at),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                drop(child);
+                let _ = reader.join();
+                panic!(
+                    "{}: the guest did not finish in {TIMEOUT:?}; console:\n{}",
+                    setup.name(),
+                    text(&clock.lines)
+                );
+            }
         }
     }
+    let _ = reader.join();
     let _ = child.0.wait();
     workload_times(setup, &clock.lines)
 }
