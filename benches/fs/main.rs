@@ -90,7 +90,9 @@ pub const FILE_MIB: u64 = 256;
 pub const DIRS: usize = 30;
 pub const FILES_PER_DIR: usize = 100;
 pub const TAG: &str = "hcfs";
-pub const TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest one boot may take (9p's untar alone takes minutes on a loaded
+/// emulated host).
+pub const TIMEOUT: Duration = Duration::from_secs(1800);
 /// The guest kernel every setup boots: the product fragment plus 9p
 /// (`guest/kernel/bench-9p.fragment`), built and set by `cargo xtask bench fs`.
 pub const FS_KERNEL_ENV: &str = "HYPERCONTAINER_BENCH_FS_KERNEL";
@@ -266,7 +268,14 @@ fn benches(_c: &mut Criterion) {
     // first reads of the share's files, are not representative.
     for &s in &setups {
         run += 1;
-        run_once(&i, s, run);
+        let started = Instant::now();
+        let times = run_once(&i, s, run);
+        eprintln!(
+            "warm-up: {} {:.1}s: {}",
+            s.name(),
+            started.elapsed().as_secs_f64(),
+            show(&times)
+        );
     }
     for round in 0..rounds {
         for &s in &setups {
@@ -279,16 +288,20 @@ fn benches(_c: &mut Criterion) {
                 round + 1,
                 s.name(),
                 started.elapsed().as_secs_f64(),
-                times
-                    .iter()
-                    .map(|(n, d)| format!("{n} {:.3}s", d.as_secs_f64()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                show(&times)
             );
             let mut samples = SAMPLES.lock().unwrap();
             samples.extend(times.into_iter().map(|(n, d)| (s, n, d)));
         }
     }
+}
+
+fn show(times: &[(String, Duration)]) -> String {
+    times
+        .iter()
+        .map(|(n, d)| format!("{n} {:.3}s", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Sums over one boot's workloads, compared like the workloads: (name,
