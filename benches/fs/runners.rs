@@ -58,7 +58,7 @@ pub fn start_virtiofsd(i: &Inputs, virtiofsd: &Path, socket: &Path) -> Reap {
         .arg(format!("--socket-path={}", socket.display()))
         .arg("-o")
         .arg(format!("source={}", i.share().display()))
-        .args(["-o", "cache=auto", "-o", "sandbox=chroot"])
+        .args(["-o", "cache=auto", "-o", "sandbox=chroot", "-o", "xattr"])
         .args(["-o", "log_level=err"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

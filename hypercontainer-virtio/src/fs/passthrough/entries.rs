@@ -207,6 +207,11 @@ impl PassthroughFs {
         let entry = if created {
             self.finish_create(ctx, parent, name, Some(mode))?
         } else {
+            // An existing file truncated by the open loses its privileges,
+            // as with OPEN.
+            if guest & libc::O_TRUNC != 0 {
+                self.drop_privileges(&file)?;
+            }
             self.lookup_entry(parent, name)?
         };
         let fh = self.add_handle(file, false);
