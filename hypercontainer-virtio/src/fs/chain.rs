@@ -4,7 +4,9 @@
 //!
 //! File data does not take a detour: the payload of a WRITE goes from
 //! guest memory to the file, and the data of a READ from the file into
-//! the reply buffers after the header ([`GuestSource`], [`GuestSink`]).
+//! the reply buffers after the header ([`GuestSource`], [`GuestSink`]),
+//! each in one `pwritev`/`preadv` over all the chain's buffers (a guest
+//! hands one descriptor per page: 256 for a 1 MiB request).
 //! Everything else is copied out (at most [`server::MAX_REQUEST`] bytes)
 //! and the reply copied back in.
 
