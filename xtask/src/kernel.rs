@@ -401,6 +401,18 @@ mod tests {
     }
 
     #[test]
+    fn a_variant_is_the_repository_fragment_then_the_extra_lines() {
+        let extra = crate::util::repo_root().join("guest/kernel/bench-9p.fragment");
+        let merged = String::from_utf8(merged_fragment(&extra).unwrap()).unwrap();
+        let base = fs::read_to_string(fragment_path()).unwrap();
+        assert!(merged.starts_with(&base));
+        assert!(merged.ends_with(&fs::read_to_string(&extra).unwrap()));
+        let wanted = parse_fragment(&merged);
+        assert_eq!(wanted["CONFIG_9P_FS"].as_deref(), Some("y"));
+        assert!(!parse_fragment(&base).contains_key("CONFIG_9P_FS"));
+    }
+
+    #[test]
     fn unmet_lines_are_listed() {
         let fragment =
             "# comment\nCONFIG_A=y\nCONFIG_B=n\n# CONFIG_C is not set\nCONFIG_D=y\nCONFIG_E=1\n";
