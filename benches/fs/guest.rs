@@ -16,7 +16,7 @@ mount -t devtmpfs dev /dev
 mkdir -p /mnt
 case "$hcfs" in
 virtiofs) mount -t virtiofs TAG /mnt ;;
-9p) mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 TAG /mnt ;;
+9p) mount -t 9p -o trans=virtio,version=9p2000.L,msize=131072 TAG /mnt ;;
 erofs) mount -t erofs -o ro /dev/vda /mnt ;;
 esac || { echo "HCFAIL mount"; reboot -f; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
