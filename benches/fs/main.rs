@@ -44,9 +44,10 @@
 //!   asking.
 //! - `9p`: `virtio-9p-device` on `-fsdev local,security_model=passthrough`,
 //!   mounted with `trans=virtio,version=9p2000.L,msize=131072` (no cache).
-//!   With `msize=512000` the 9p guest's untar hung (the client allocates
-//!   msize-sized request buffers: order-7 pages in a 256 MiB guest), and
-//!   twice took its emulated host down with it.
+//!   With `msize=512000` the 9p guest's untar never finished (once past
+//!   the 10-minute limit, twice taking its emulated host down with it);
+//!   the cause was not pinned down (a suspect: the 9p client allocates
+//!   msize-sized buffers per request, order-7 pages in a 256 MiB guest).
 //! - `erofs` (reference, read side only): the same `read.bin` and tree in
 //!   an EROFS image (`mkfs.erofs`) on this VMM's virtio-blk.
 //!
