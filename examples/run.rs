@@ -24,10 +24,19 @@
 //! stderr, each line stamped with the host time since the start;
 //! `--kernel-arg ARG` (repeatable) appends to the guest kernel's command
 //! line (`--console --kernel-arg loglevel=7` traces a boot).
-//! `--net TAP,ADDR/PREFIX[,GATEWAY]` (repeatable) gives the sandbox a NIC on
-//! the host tap TAP (created if missing; its host side is yours to
-//! configure) with the guest at ADDR; `--dns IP` (repeatable) writes
-//! `/etc/resolv.conf`. Docker's confinement options are taken too:
+//! `--network user|none|ns:PATH|tap:NAME` picks the network (default
+//! `none`, loopback only): `ns:PATH` joins the network namespace file PATH
+//! prepared by CNI, podman or containerd (the guest takes over its
+//! interface); `user` is rootless networking through a passt of the
+//! sandbox's own, with `-p [IP:]HOST:GUEST[/tcp|udp]` (repeatable; the
+//! address defaults to 127.0.0.1, host port 0 takes any free port, and the
+//! ports bound are printed on stderr) and `--host-loopback` (the gateway
+//! reaches the host's 127.0.0.1); `tap:NAME` is a NIC on the host tap NAME
+//! (created if missing; its host side is yours to configure) with the
+//! guest at each `--ip ADDR/PREFIX` (IPv4 or IPv6, repeatable), default
+//! routes through each `--gateway IP` and `--mtu N`. `--dns IP`
+//! (repeatable) writes `/etc/resolv.conf` (in user mode it defaults to
+//! passt's DNS forwarder). Docker's confinement options are taken too:
 //! `--cap-add`, `--cap-drop`, `--security-opt seccomp=unconfined|FILE`,
 //! `--security-opt no-new-privileges`, `--read-only`, `--tmpfs
 //! PATH[:size=N[k|m|g],mode=OCTAL]`, `--shm-size`, `--sysctl K=V`, `--ulimit
@@ -41,9 +50,8 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use hypercontainer::sandbox::{
-    Error, Limits, NetworkInterface, Output, Sandbox, Seccomp, Tmpfs, Ulimit,
-};
+use hypercontainer::network::{IpPrefix, Network, PortMapping};
+use hypercontainer::sandbox::{Error, Limits, Output, Sandbox, Seccomp, Tmpfs, Ulimit};
 use hypercontainer::vmm::console::Timestamped;
 use hypercontainer::volume::{Volume, VolumeSource};
 
@@ -81,9 +89,28 @@ struct Args {
     /// Append to the guest kernel's command line.
     #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
-    /// A NIC on host tap TAP (created if missing) with the guest at ADDR.
-    #[arg(long = "net", value_name = "TAP,ADDR/PREFIX[,GATEWAY]")]
-    nets: Vec<String>,
+    /// The network: user (passt), none (loopback only), ns:PATH or tap:NAME.
+    #[arg(
+        long,
+        value_name = "user|none|ns:PATH|tap:NAME",
+        default_value = "none"
+    )]
+    network: String,
+    /// Publish a guest port (user network): [IP:]HOST:GUEST[/tcp|udp].
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST[/PROTO]")]
+    publish: Vec<PortMapping>,
+    /// Let the user network's gateway reach the host's loopback.
+    #[arg(long = "host-loopback")]
+    host_loopback: bool,
+    /// A guest address on the tap network: ADDR/PREFIX (IPv4 or IPv6).
+    #[arg(long = "ip", value_name = "ADDR/PREFIX")]
+    ips: Vec<IpPrefix>,
+    /// A default route on the tap network through this gateway.
+    #[arg(long = "gateway", value_name = "IP")]
+    gateways: Vec<std::net::IpAddr>,
+    /// The guest interface's MTU on the tap network.
+    #[arg(long)]
+    mtu: Option<u16>,
     /// A DNS server for /etc/resolv.conf.
     #[arg(long)]
     dns: Vec<std::net::IpAddr>,
@@ -215,25 +242,51 @@ fn parse_volume(v: &str) -> Result<Volume, Error> {
     Ok(Volume::bind(dir, vol.destination()).read_only(vol.is_read_only()))
 }
 
-/// `TAP,ADDR/PREFIX[,GATEWAY]`.
-fn parse_net(v: &str) -> Result<NetworkInterface, String> {
-    let bad = || format!("--net {v}: expected TAP,ADDR/PREFIX[,GATEWAY]");
-    let mut parts = v.split(',');
-    let tap = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
-    let (addr, prefix) = parts
-        .next()
-        .and_then(|a| a.split_once('/'))
-        .ok_or_else(bad)?;
-    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    let mut n = NetworkInterface::tap(tap, addr, prefix);
-    if let Some(gw) = parts.next() {
-        n = n.gateway(gw.parse().map_err(|_| bad())?);
+/// The `--network` and its options.
+fn network(a: &Args) -> Result<Network, String> {
+    let user_only = !a.publish.is_empty() || a.host_loopback;
+    let tap_only = !a.ips.is_empty() || !a.gateways.is_empty() || a.mtu.is_some();
+    match a.network.as_str() {
+        "none" if user_only || tap_only => {
+            Err("-p, --host-loopback, --ip, --gateway and --mtu need a --network".into())
+        }
+        "none" => Ok(Network::none()),
+        "user" if tap_only => Err("--ip, --gateway and --mtu are for --network tap:NAME".into()),
+        "user" => {
+            let mut u = Network::user().map_host_loopback(a.host_loopback);
+            for p in &a.publish {
+                u = u.publish(*p);
+            }
+            Ok(u.into())
+        }
+        n if n.starts_with("ns:") => {
+            if user_only || tap_only {
+                return Err("--network ns:PATH takes its settings from the namespace".into());
+            }
+            Ok(Network::netns(&n[3..]).into())
+        }
+        n => {
+            let Some(name) = n.strip_prefix("tap:") else {
+                return Err(format!(
+                    "--network {n}: expected user, none, ns:PATH or tap:NAME"
+                ));
+            };
+            if user_only {
+                return Err("-p and --host-loopback are for --network user".into());
+            }
+            let mut t = Network::tap(name);
+            for ip in &a.ips {
+                t = t.address(*ip);
+            }
+            for gw in &a.gateways {
+                t = t.gateway(*gw);
+            }
+            if let Some(m) = a.mtu {
+                t = t.mtu(m);
+            }
+            Ok(t.into())
+        }
     }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(n)
 }
 
 /// The local terminal's size, or 24x80.
@@ -322,7 +375,9 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
         "never" => PullPolicy::Never,
         _ => PullPolicy::Missing,
     };
+    let net = network(&a).map_err(Error::Config)?;
     let mut b = Sandbox::builder()
+        .network(net)
         .image(a.image.parse()?)
         .pull_policy(policy)
         .registry(registry_options(&a))
@@ -400,13 +455,13 @@ fn run(a: Args) -> Result<i32, hypercontainer::sandbox::Error> {
     for arg in a.kernel_args {
         b = b.kernel_arg(arg);
     }
-    for n in &a.nets {
-        b = b.network(parse_net(n).map_err(Error::Config)?);
-    }
     for d in a.dns {
         b = b.dns(d);
     }
     let sandbox = b.start()?;
+    for p in sandbox.ports() {
+        eprintln!("published {p}");
+    }
     let _raw = (a.tty && a.interactive).then(RawMode::enter);
     if a.interactive {
         // Forward stdin; the thread ends with the process (its writes

@@ -1,19 +1,23 @@
 //! Network setup inside the VM, before the container's root is built:
 //! the loopback interface comes up, and each requested interface, found by
-//! its MAC address under `/sys/class/net`, gets its IPv4 address and
-//! netmask, is brought up, and gets a default route through its gateway.
+//! its MAC address under `/sys/class/net`, gets its MTU, its IPv4
+//! addresses (the first as the interface's own, the others as `NAME:N`
+//! aliases), is brought up, gets its IPv6 addresses (without duplicate
+//! address detection or router advertisements: the host said what the
+//! addresses are), and then its routes, in the order given.
 //!
 //! Also, as Docker does, `net.ipv4.ping_group_range` admits every group,
 //! so that a non-root container user can ping.
 //!
-//! Plain `ioctl`s on an `AF_INET` socket (`SIOCSIFADDR`, `SIOCSIFNETMASK`,
-//! `SIOCSIFFLAGS`, `SIOCADDRT`): the agent carries no netlink library.
+//! Plain `ioctl`s on `AF_INET` and `AF_INET6` sockets (`SIOCSIFMTU`,
+//! `SIOCSIFADDR`, `SIOCSIFNETMASK`, `SIOCSIFFLAGS`, `SIOCADDRT`): the agent
+//! carries no netlink library.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use hypercontainer_protocol::Interface;
+use hypercontainer_protocol::{Interface, IpPrefix, Route};
 
 /// What went wrong, with the interface concerned.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +29,7 @@ pub enum Error {
     #[error("{what} on {ifname}: {source}")]
     Ioctl {
         /// The step.
-        what: &'static str,
+        what: String,
         /// The interface.
         ifname: String,
         /// The cause.
@@ -37,6 +41,9 @@ pub enum Error {
     /// The control socket could not be created.
     #[error("creating a socket for interface configuration: {0}")]
     Socket(io::Error),
+    /// IPv6 was asked for and the guest kernel has none.
+    #[error("IPv6 address or route asked for, but the guest kernel has no IPv6 (CONFIG_IPV6)")]
+    NoIpv6,
 }
 
 /// The name of the interface with `mac`.
@@ -79,14 +86,42 @@ fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
+fn in6_addr(a: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: a.octets(),
+    }
+}
+
+/// The netmask of an IPv4 prefix length.
+fn netmask(prefix_len: u8) -> Ipv4Addr {
+    let len = u32::from(prefix_len.min(32));
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - len).unwrap_or(0))
+}
+
+/// `struct in6_rtmsg` of `<linux/ipv6_route.h>` (libc's has private fields).
+#[repr(C)]
+struct In6Rtmsg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
+/// A socket of one address family, for interface ioctls.
 struct Ctl(OwnedFd);
 
 impl Ctl {
-    fn new() -> Result<Self, Error> {
+    fn new(family: libc::c_int) -> io::Result<Self> {
         // SAFETY: socket has no memory-safety preconditions.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            return Err(Error::Socket(io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh socket we now own.
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
@@ -97,15 +132,16 @@ impl Ctl {
         &self,
         req: libc::Ioctl,
         arg: &mut T,
-        what: &'static str,
+        what: impl FnOnce() -> String,
         ifname: &str,
     ) -> Result<(), Error> {
         // SAFETY: every request used here takes a pointer to the struct
-        // type passed (ifreq or rtentry), which outlives the call.
+        // type passed (ifreq, in6_ifreq, rtentry or in6_rtmsg), which
+        // outlives the call.
         let r = unsafe { libc::ioctl(self.0.as_raw_fd(), req, arg as *mut T) };
         if r < 0 {
             return Err(Error::Ioctl {
-                what,
+                what: what(),
                 ifname: ifname.to_string(),
                 source: io::Error::last_os_error(),
             });
@@ -115,38 +151,231 @@ impl Ctl {
 
     fn up(&self, name: &str) -> Result<(), Error> {
         let mut r = ifreq(name);
-        self.ioctl(libc::SIOCGIFFLAGS, &mut r, "reading the flags", name)?;
+        self.ioctl(
+            libc::SIOCGIFFLAGS,
+            &mut r,
+            || "reading the flags".into(),
+            name,
+        )?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         let flags = unsafe { r.ifr_ifru.ifru_flags };
         r.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         self.ioctl(
             libc::SIOCSIFFLAGS,
             &mut r,
-            "bringing the interface up",
+            || "bringing the interface up".into(),
             name,
         )
     }
 
-    fn address(&self, name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<(), Error> {
+    fn mtu(&self, name: &str, mtu: u16) -> Result<(), Error> {
         let mut r = ifreq(name);
-        r.ifr_ifru.ifru_addr = sockaddr_in(addr);
-        self.ioctl(libc::SIOCSIFADDR, &mut r, "setting the address", name)?;
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(prefix_len.min(32)))
-            .unwrap_or(0);
-        let mut r = ifreq(name);
-        r.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
-        self.ioctl(libc::SIOCSIFNETMASK, &mut r, "setting the netmask", name)
+        r.ifr_ifru.ifru_mtu = mtu.into();
+        self.ioctl(
+            libc::SIOCSIFMTU,
+            &mut r,
+            || format!("setting the MTU to {mtu}"),
+            name,
+        )
     }
 
-    fn default_route(&self, name: &str, gateway: Ipv4Addr) -> Result<(), Error> {
+    fn index(&self, name: &str) -> Result<libc::c_int, Error> {
+        let mut r = ifreq(name);
+        self.ioctl(
+            libc::SIOCGIFINDEX,
+            &mut r,
+            || "reading the index".into(),
+            name,
+        )?;
+        // SAFETY: SIOCGIFINDEX filled the ifindex member of the union.
+        Ok(unsafe { r.ifr_ifru.ifru_ifindex })
+    }
+
+    /// Sets an IPv4 address; `label` is the interface or one of its
+    /// `NAME:N` aliases.
+    fn address4(&self, label: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<(), Error> {
+        let mut r = ifreq(label);
+        r.ifr_ifru.ifru_addr = sockaddr_in(addr);
+        self.ioctl(
+            libc::SIOCSIFADDR,
+            &mut r,
+            || format!("setting the address {addr}"),
+            label,
+        )?;
+        let mut r = ifreq(label);
+        r.ifr_ifru.ifru_netmask = sockaddr_in(netmask(prefix_len));
+        self.ioctl(
+            libc::SIOCSIFNETMASK,
+            &mut r,
+            || format!("setting the netmask /{prefix_len}"),
+            label,
+        )
+    }
+
+    fn address6(&self, name: &str, ifindex: libc::c_int, p: IpPrefix) -> Result<(), Error> {
+        let IpAddr::V6(addr) = p.ip else {
+            unreachable!("an IPv6 socket is only given IPv6 addresses")
+        };
+        let mut r = libc::in6_ifreq {
+            ifr6_addr: in6_addr(addr),
+            ifr6_prefixlen: p.prefix_len.into(),
+            ifr6_ifindex: ifindex,
+        };
+        self.ioctl(
+            libc::SIOCSIFADDR,
+            &mut r,
+            || format!("setting the address {p}"),
+            name,
+        )
+    }
+
+    fn route4(
+        &self,
+        name: &str,
+        dest: Ipv4Addr,
+        len: u8,
+        gw: Option<Ipv4Addr>,
+    ) -> Result<(), Error> {
+        let mut dev: Vec<libc::c_char> = name.bytes().map(|b| b as libc::c_char).collect();
+        dev.push(0);
         // SAFETY: rtentry is plain data; all-zero is a valid value.
         let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-        rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-        rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-        rt.rt_gateway = sockaddr_in(gateway);
-        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-        self.ioctl(libc::SIOCADDRT, &mut rt, "adding the default route", name)
+        rt.rt_dst = sockaddr_in(dest);
+        rt.rt_genmask = sockaddr_in(netmask(len));
+        rt.rt_flags = libc::RTF_UP;
+        if let Some(g) = gw {
+            rt.rt_gateway = sockaddr_in(g);
+            rt.rt_flags |= libc::RTF_GATEWAY;
+        }
+        if len == 32 {
+            rt.rt_flags |= libc::RTF_HOST;
+        }
+        // The kernel reads the name through this pointer during the call;
+        // `dev` outlives it.
+        rt.rt_dev = dev.as_mut_ptr();
+        self.ioctl(
+            libc::SIOCADDRT,
+            &mut rt,
+            || route_what(dest.into(), len, gw.map(Into::into)),
+            name,
+        )
+    }
+
+    fn route6(
+        &self,
+        name: &str,
+        ifindex: libc::c_int,
+        dest: Ipv6Addr,
+        len: u8,
+        gw: Option<Ipv6Addr>,
+    ) -> Result<(), Error> {
+        let mut rt = In6Rtmsg {
+            dst: in6_addr(dest),
+            src: in6_addr(Ipv6Addr::UNSPECIFIED),
+            gateway: in6_addr(gw.unwrap_or(Ipv6Addr::UNSPECIFIED)),
+            kind: 0,
+            dst_len: len.into(),
+            src_len: 0,
+            metric: 1,
+            info: 0,
+            flags: (libc::RTF_UP | if gw.is_some() { libc::RTF_GATEWAY } else { 0 }).into(),
+            ifindex,
+        };
+        if len == 128 {
+            rt.flags |= u32::from(libc::RTF_HOST);
+        }
+        self.ioctl(
+            libc::SIOCADDRT,
+            &mut rt,
+            || route_what(dest.into(), len, gw.map(Into::into)),
+            name,
+        )
+    }
+}
+
+fn route_what(dest: IpAddr, len: u8, gw: Option<IpAddr>) -> String {
+    match gw {
+        Some(g) => format!("adding the route to {dest}/{len} via {g}"),
+        None => format!("adding the route to {dest}/{len}"),
+    }
+}
+
+/// Sets an IPv6 sysctl of `name`; failures only weaken the setup, so they
+/// are reported and passed over.
+fn ipv6_sysctl(name: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/{key}");
+    if let Err(e) = std::fs::write(&path, value) {
+        eprintln!("hypercontainer-agent: setting {path}: {e}");
+    }
+}
+
+/// The two control sockets; the IPv6 one only when something needs it.
+struct Ctls {
+    v4: Ctl,
+    v6: Option<Ctl>,
+}
+
+impl Ctls {
+    fn v6(&mut self) -> Result<&Ctl, Error> {
+        if self.v6.is_none() {
+            let ctl = Ctl::new(libc::AF_INET6).map_err(|e| match e.raw_os_error() {
+                Some(libc::EAFNOSUPPORT) => Error::NoIpv6,
+                _ => Error::Socket(e),
+            })?;
+            self.v6 = Some(ctl);
+        }
+        Ok(self.v6.as_ref().expect("just set"))
+    }
+}
+
+fn configure_one(ctls: &mut Ctls, i: &Interface) -> Result<(), Error> {
+    let name = find_by_mac(&i.mac)?;
+    let has_v6 = i.addresses.iter().any(|a| a.ip.is_ipv6())
+        || i.routes.iter().any(|r| r.destination.ip.is_ipv6());
+    if let Some(mtu) = i.mtu {
+        ctls.v4.mtu(&name, mtu)?;
+    }
+    if has_v6 {
+        ctls.v6()?;
+        ipv6_sysctl(&name, "accept_dad", "0");
+        ipv6_sysctl(&name, "accept_ra", "0");
+    }
+    let v4 = i.addresses.iter().filter(|a| a.ip.is_ipv4());
+    for (n, a) in v4.enumerate() {
+        let IpAddr::V4(ip) = a.ip else { continue };
+        let label = if n == 0 {
+            name.clone()
+        } else {
+            format!("{name}:{n}")
+        };
+        ctls.v4.address4(&label, ip, a.prefix_len)?;
+    }
+    ctls.v4.up(&name)?;
+    let ifindex = ctls.v4.index(&name)?;
+    for a in i.addresses.iter().filter(|a| a.ip.is_ipv6()) {
+        ctls.v6()?.address6(&name, ifindex, *a)?;
+    }
+    for r in &i.routes {
+        add_route(ctls, &name, ifindex, r)?;
+    }
+    crate::trace::trace!(
+        "{name}: mtu {:?}, {} addresses, {} routes",
+        i.mtu,
+        i.addresses.len(),
+        i.routes.len()
+    );
+    Ok(())
+}
+
+fn add_route(ctls: &mut Ctls, name: &str, ifindex: libc::c_int, r: &Route) -> Result<(), Error> {
+    let len = r.destination.prefix_len;
+    match (r.destination.ip, r.gateway) {
+        (IpAddr::V4(d), None) => ctls.v4.route4(name, d, len, None),
+        (IpAddr::V4(d), Some(IpAddr::V4(g))) => ctls.v4.route4(name, d, len, Some(g)),
+        (IpAddr::V6(d), None) => ctls.v6()?.route6(name, ifindex, d, len, None),
+        (IpAddr::V6(d), Some(IpAddr::V6(g))) => ctls.v6()?.route6(name, ifindex, d, len, Some(g)),
+        // The decoder refuses a gateway of the other family.
+        _ => Ok(()),
     }
 }
 
@@ -154,20 +383,17 @@ impl Ctl {
 /// lets every group send ICMP echo over ping sockets, so that `ping` works
 /// for a non-root container user without raw sockets.
 pub fn configure(ifaces: &[Interface]) -> Result<(), Error> {
-    let ctl = Ctl::new()?;
-    ctl.up("lo")?;
+    let mut ctls = Ctls {
+        v4: Ctl::new(libc::AF_INET).map_err(Error::Socket)?,
+        v6: None,
+    };
+    ctls.v4.up("lo")?;
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647") {
         // Not fatal: only unprivileged ping depends on it.
         eprintln!("hypercontainer-agent: setting net.ipv4.ping_group_range: {e}");
     }
     for i in ifaces {
-        let name = find_by_mac(&i.mac)?;
-        ctl.address(&name, i.address, i.prefix_len)?;
-        ctl.up(&name)?;
-        if let Some(gw) = i.gateway {
-            ctl.default_route(&name, gw)?;
-        }
-        crate::trace::trace!("{name} is {}/{}", i.address, i.prefix_len);
+        configure_one(&mut ctls, i)?;
     }
     Ok(())
 }
@@ -181,5 +407,18 @@ mod tests {
         let r = ifreq("a-very-long-interface-name");
         assert_eq!(r.ifr_name[libc::IFNAMSIZ - 1], 0);
         assert_eq!(r.ifr_name[0], b'a' as libc::c_char);
+    }
+
+    #[test]
+    fn netmasks_of_prefix_lengths() {
+        assert_eq!(netmask(0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(netmask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(netmask(32), Ipv4Addr::BROADCAST);
+    }
+
+    #[test]
+    fn in6_rtmsg_has_the_kernel_layout() {
+        // 3 * 16 + 4 + 2 + 2 + 4, padded to 8, + 8 + 4 + 4.
+        assert_eq!(std::mem::size_of::<In6Rtmsg>(), 80);
     }
 }

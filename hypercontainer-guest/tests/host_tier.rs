@@ -490,9 +490,8 @@ fn network_interfaces_are_refused_outside_a_vm() {
         st.process = process(&["true"]);
         st.network = vec![hypercontainer_protocol::Interface {
             mac: [2, 0, 0, 0, 0, 1],
-            address: std::net::Ipv4Addr::new(10, 9, 9, 2),
-            prefix_len: 24,
-            gateway: None,
+            addresses: vec!["10.9.9.2/24".parse().unwrap()],
+            ..Default::default()
         }];
     });
     let o = s.finish();

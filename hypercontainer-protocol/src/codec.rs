@@ -22,10 +22,12 @@
 use std::io::{self, Read, Write};
 
 use crate::message::{
-    BootStage, ErrorKind, Hello, Interface, Message, Process, Rlimit, RlimitResource, Rootfs,
-    Start, Upper, WindowSize, MAX_INTERFACES,
+    BootStage, ErrorKind, Hello, Message, Process, Rlimit, RlimitResource, Rootfs, Start, Upper,
+    WindowSize,
 };
 use crate::{MAX_FRAME_LEN, PROTOCOL_VERSION};
+
+mod net;
 
 /// Length of the frame header (the `u32` length prefix).
 pub const HEADER_LEN: usize = 4;
@@ -227,19 +229,7 @@ impl Enc<'_> {
                 self.str(&s.hostname)?;
                 self.opt_str(&s.hosts)?;
                 self.opt_str(&s.resolv_conf)?;
-                self.len(s.network.len())?;
-                for i in &s.network {
-                    self.0.extend_from_slice(&i.mac);
-                    self.0.extend_from_slice(&i.address.octets());
-                    self.u8(i.prefix_len);
-                    match i.gateway {
-                        None => self.u8(0),
-                        Some(g) => {
-                            self.u8(1);
-                            self.0.extend_from_slice(&g.octets());
-                        }
-                    }
-                }
+                self.interfaces(&s.network)?;
                 self.spec(&s.spec)?;
             }
             Message::Exec { id, process } => {
@@ -418,40 +408,6 @@ impl<'a> Dec<'a> {
             0 => None,
             _ => Some(self.str(what)?),
         })
-    }
-    fn interfaces(&mut self) -> Result<Vec<Interface>> {
-        let n = self.count("interfaces", 12)?;
-        if n > MAX_INTERFACES {
-            return Err(Error::InvalidValue {
-                what: "interface count",
-                value: n as u64,
-            });
-        }
-        (0..n)
-            .map(|_| {
-                let mac = self.array::<6>("interface mac")?;
-                let address = std::net::Ipv4Addr::from(self.array::<4>("interface address")?);
-                let prefix_len = self.u8("interface prefix length")?;
-                if prefix_len > 32 {
-                    return Err(Error::InvalidValue {
-                        what: "interface prefix length",
-                        value: prefix_len.into(),
-                    });
-                }
-                let gateway = match self.tag("interface gateway", 1)? {
-                    0 => None,
-                    _ => Some(std::net::Ipv4Addr::from(
-                        self.array::<4>("interface gateway")?,
-                    )),
-                };
-                Ok(Interface {
-                    mac,
-                    address,
-                    prefix_len,
-                    gateway,
-                })
-            })
-            .collect()
     }
     fn spec(&mut self) -> Result<crate::oci::Spec> {
         let json = self.str("spec")?;
@@ -806,17 +762,26 @@ mod tests {
                 hosts: None,
                 resolv_conf: Some("nameserver 10.0.2.3\n".into()),
                 network: vec![
-                    Interface {
+                    crate::Interface {
                         mac: [2, 0, 0, 0, 0, 1],
-                        address: std::net::Ipv4Addr::new(10, 0, 2, 15),
-                        prefix_len: 24,
-                        gateway: Some(std::net::Ipv4Addr::new(10, 0, 2, 2)),
+                        mtu: Some(65520),
+                        addresses: vec![
+                            "10.0.2.15/24".parse().unwrap(),
+                            "fd00:2::15/64".parse().unwrap(),
+                        ],
+                        routes: vec![
+                            crate::Route::default_via("10.0.2.2".parse().unwrap()),
+                            crate::Route::default_via("fd00:2::2".parse().unwrap()),
+                        ],
                     },
-                    Interface {
+                    crate::Interface {
                         mac: [2, 0, 0, 0, 0, 2],
-                        address: std::net::Ipv4Addr::new(192, 168, 1, 9),
-                        prefix_len: 32,
-                        gateway: None,
+                        mtu: None,
+                        addresses: vec!["192.168.1.9/32".parse().unwrap()],
+                        routes: vec![crate::Route {
+                            destination: "192.168.0.0/16".parse().unwrap(),
+                            gateway: None,
+                        }],
                     },
                 ],
                 spec: crate::bare_spec(),
@@ -1096,60 +1061,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn bad_interfaces_are_rejected() {
-        let start = |network: Vec<Interface>| {
-            Message::Start(Box::new(Start {
-                id: 1,
-                rootfs: Rootfs::Directory { path: "/r".into() },
-                shares: Vec::new(),
-                process: Process::default(),
-                hostname: String::new(),
-                hosts: None,
-                resolv_conf: None,
-                network,
-                spec: crate::bare_spec(),
-            }))
-            .to_frame()
-            .unwrap()
-        };
-        let one = Interface {
-            mac: [2, 0, 0, 0, 0, 1],
-            address: std::net::Ipv4Addr::new(10, 0, 0, 2),
-            prefix_len: 24,
-            gateway: None,
-        };
-        // Layout ends with: mac, address, prefix length, gateway tag, spec.
-        let mut f = start(vec![one]);
-        let n = f.len() - 4 - serde_json::to_string(&crate::bare_spec()).unwrap().len();
-        f[n - 2] = 33;
-        assert!(matches!(
-            decode_frame(&f),
-            Err(Error::InvalidValue {
-                what: "interface prefix length",
-                ..
-            })
-        ));
-        let mut f = start(vec![one]);
-        f[n - 1] = 2;
-        assert!(matches!(
-            decode_frame(&f),
-            Err(Error::InvalidValue {
-                what: "interface gateway",
-                ..
-            })
-        ));
-        // More than MAX_INTERFACES.
-        assert!(matches!(
-            decode_frame(&start(vec![one; MAX_INTERFACES + 1])),
-            Err(Error::InvalidValue {
-                what: "interface count",
-                ..
-            })
-        ));
-        assert!(decode_frame(&start(vec![one; MAX_INTERFACES])).is_ok());
     }
 
     #[test]

@@ -103,6 +103,7 @@
 
 pub mod codec;
 pub mod message;
+pub mod net;
 
 /// The OCI runtime spec types ([`oci_spec::runtime`]) used by [`Start::spec`].
 pub use oci_spec::runtime as oci;
@@ -110,15 +111,17 @@ pub use oci_spec::runtime as oci;
 pub use codec::{Error, FrameDecoder, Result};
 pub use message::{bare_spec, mac_to_string, share_mount_point, SHARES_DIR};
 pub use message::{
-    BootStage, ErrorKind, Hello, Interface, Message, Process, ProcessId, Rlimit, RlimitResource,
-    Rootfs, Start, Upper, WindowSize, MAX_INTERFACES,
+    BootStage, ErrorKind, Hello, Message, Process, ProcessId, Rlimit, RlimitResource, Rootfs,
+    Start, Upper, WindowSize,
 };
+pub use net::{Interface, IpPrefix, Route, MAX_ADDRESSES, MAX_INTERFACES, MAX_ROUTES, MIN_MTU};
 
 /// Version of this protocol; both sides must speak the same one (2: `Start`
 /// carries network interfaces; 3: `Start` carries the OCI runtime spec and
 /// `Exited` the OOM flag; 4: `Start` carries virtio-fs shares, and
-/// [`Rootfs::Overlay`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// [`Rootfs::Overlay`]; 5: an [`Interface`] has an MTU, IPv4 and IPv6
+/// addresses and routes).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -277,9 +277,9 @@ pub struct Start {
     /// Contents written to `/etc/resolv.conf`; `None` keeps the image's file.
     pub resolv_conf: Option<String>,
     /// Network interfaces to configure before the root filesystem is built
-    /// (at most [`MAX_INTERFACES`]). The loopback interface is always
+    /// (at most [`crate::MAX_INTERFACES`]). The loopback interface is always
     /// brought up in a VM.
-    pub network: Vec<Interface>,
+    pub network: Vec<crate::Interface>,
     /// How the container is confined, in the OCI runtime spec's own model
     /// (what `runc` reads from a bundle's `config.json`). The agent applies
     /// `process.capabilities`, `process.noNewPrivileges`,
@@ -338,25 +338,6 @@ pub fn mac_to_string(mac: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// Most interfaces one [`Start`] configures.
-pub const MAX_INTERFACES: usize = 8;
-
-/// An IPv4 network interface of the VM, found by its MAC address.
-///
-/// Wire: `mac: [u8; 6]`, `address: [u8; 4]`, `prefix_len: u8` (at most 32),
-/// `gateway: option<[u8; 4]>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interface {
-    /// MAC address of the guest's NIC.
-    pub mac: [u8; 6],
-    /// The interface's address.
-    pub address: std::net::Ipv4Addr,
-    /// Prefix length of its subnet (e.g. 24).
-    pub prefix_len: u8,
-    /// Default route through this gateway, if any.
-    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// Boot stages reported by the agent, in the order they happen:

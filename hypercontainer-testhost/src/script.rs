@@ -65,6 +65,16 @@ pub fn init_script(spec: &ScriptSpec) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/busybox sh\n");
     s.push_str("# Emulated KVM host init: generated for one run.\n");
+    // The initramfs root is the kernel's rootfs, which pivot_root(2)
+    // refuses to leave (passt's own sandbox and runc pivot): PID 1 starts
+    // again on a bind mount of it moved over `/`, as switch_root does
+    // (without deleting anything). Being on top of the namespace's root,
+    // it is not a chroot, so user namespaces can still be created.
+    s.push_str(
+        "if [ ! -e /.hc-bound ]; then /bin/busybox mkdir -p /.root && \
+         /bin/busybox mount --bind / /.root && /bin/busybox touch /.hc-bound && \
+         cd /.root && /bin/busybox mount --move . / && exec /bin/busybox chroot . /init; fi\n",
+    );
     s.push_str("/bin/busybox --install -s /bin 2>/dev/null\n");
     s.push_str("export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n");
     s.push_str("mount -t proc proc /proc\nmount -t sysfs sys /sys\n");

@@ -44,6 +44,7 @@ pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod network;
 pub mod sandbox;
 pub mod spec;
 pub mod vmm;

@@ -5,19 +5,17 @@
 //! Ignored by default: `cargo xtask whole-vm` (or `cargo xtask test`) runs
 //! them where a stock guest kernel boots, inside the emulated KVM host on
 //! other machines, with `HYPERCONTAINER_KERNEL`, `HYPERCONTAINER_AGENT` and
-//! `HYPERCONTAINER_TEST_IMAGE` set and `mkfs.erofs` on `PATH` (the network
-//! case also needs root, `/dev/net/tun` and busybox's `ip`,
-//! `$HYPERCONTAINER_BUSYBOX`). Cases are grouped to keep the number of
-//! boots small.
+//! `HYPERCONTAINER_TEST_IMAGE` set and `mkfs.erofs` on `PATH` (networking
+//! is tested in `whole_vm_network.rs`). Cases are grouped to keep the
+//! number of boots small.
 
 mod sandbox_common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hypercontainer::sandbox::{Error, Exec, ImageRef, NetworkInterface, Sandbox, SandboxBuilder};
+use hypercontainer::sandbox::{Error, Exec, ImageRef, Sandbox, SandboxBuilder};
 
 use sandbox_common::{read_all, sandbox, WAIT};
 
@@ -182,93 +180,6 @@ fn exec_kill_and_stop() {
     let t = Instant::now();
     assert_eq!(s.stop(Duration::from_secs(1)).unwrap(), 137);
     assert!(t.elapsed() >= Duration::from_secs(1));
-}
-
-#[test]
-#[ignore = "whole-VM test: run by cargo xtask test"]
-fn network_interface_address_route_dns_and_traffic() {
-    // The embedder's side: a tap, configured, handed over open.
-    let host_ip = Ipv4Addr::new(10, 0, 3, 1);
-    let name = format!("hcs{}", std::process::id());
-    let tap = hypercontainer_virtio::net::Tap::open(&name).expect("open a tap");
-    let busybox = std::env::var_os("HYPERCONTAINER_BUSYBOX").unwrap_or_else(|| "busybox".into());
-    for args in [
-        vec!["ip", "addr", "add", "10.0.3.1/24", "dev", &name],
-        vec!["ip", "link", "set", &name, "up"],
-    ] {
-        let st = std::process::Command::new(&busybox)
-            .args(&args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "busybox {args:?}: {st}");
-    }
-    // A one-shot HTTP server on the host end.
-    let listener = TcpListener::bind((host_ip, 7100)).unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().unwrap();
-        let mut request = String::new();
-        let mut r = BufReader::new(conn.try_clone().unwrap());
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                break;
-            }
-            request.push_str(&line);
-        }
-        let body = "hello over virtio-net\n";
-        write!(
-            conn,
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        (peer, request)
-    });
-
-    let script = "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; \
-                  echo mac=$(cat /sys/class/net/eth0/address); \
-                  ip route | grep '^default'; \
-                  cat /etc/resolv.conf; \
-                  ip -4 addr show lo | grep -o 'inet [0-9./]*'; \
-                  cat /proc/sys/net/ipv4/ping_group_range; \
-                  wget -q -O - http://10.0.3.1:7100/";
-    let (out, err, status) = run(sandbox()
-        .network(
-            NetworkInterface::tap_fd(tap.into_fd(), Ipv4Addr::new(10, 0, 3, 2), 24)
-                .gateway(host_ip),
-        )
-        .dns(host_ip.into())
-        .cmd(["sh", "-c", script]));
-    assert_eq!(status, 0, "stdout:\n{out}\nstderr:\n{err}");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "inet 10.0.3.2/24", "{out}");
-    let mac = lines[1].strip_prefix("mac=").unwrap();
-    assert!(mac.starts_with("02:"), "a locally administered MAC: {mac}");
-    assert!(
-        lines[2].starts_with("default via 10.0.3.1 dev eth0"),
-        "{out}"
-    );
-    assert_eq!(lines[3], "nameserver 10.0.3.1");
-    assert_eq!(lines[4], "inet 127.0.0.1/8", "loopback is up");
-    assert_eq!(
-        lines[5].split_whitespace().collect::<Vec<_>>(),
-        ["0", "2147483647"]
-    );
-    assert_eq!(lines[6], "hello over virtio-net");
-    let (peer, request) = server.join().unwrap();
-    assert_eq!(peer.ip(), Ipv4Addr::new(10, 0, 3, 2));
-    assert!(request.starts_with("GET / HTTP/1."), "{request}");
-
-    // Bad settings are refused before anything boots.
-    let e = sandbox()
-        .network(NetworkInterface::tap(
-            "hcs-bad",
-            Ipv4Addr::new(10, 0, 4, 2),
-            40,
-        ))
-        .start()
-        .unwrap_err();
-    assert!(matches!(e, Error::Config(_)), "{e}");
 }
 
 /// Open descriptors, threads, our temporary directories, child processes.

@@ -13,7 +13,9 @@ use std::process::Command;
 /// The modules the emulated host loads; their dependencies come along.
 /// `tun` gives the whole-VM net test its tap device; `virtiofs` mounts the
 /// host directories shared into the emulated host (over virtio-pci, a module
-/// there too).
+/// there too). The network namespace tests build what CNI's bridge plugin
+/// builds (`veth`, `bridge`) and redirect with tc (`sch_ingress`, `cls_u32`,
+/// `act_mirred`).
 const WANTED_MODULES: &[&str] = &[
     "kvm",
     "kvm_amd",
@@ -21,6 +23,11 @@ const WANTED_MODULES: &[&str] = &[
     "tun",
     "virtiofs",
     "virtio_pci",
+    "veth",
+    "bridge",
+    "sch_ingress",
+    "cls_u32",
+    "act_mirred",
 ];
 
 /// The kernel version `linux-image-cloud-amd64` depends on, e.g.

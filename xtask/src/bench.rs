@@ -5,7 +5,9 @@
 //! busybox, QEMU, guest helpers). `ARGS` go to each benchmark binary (a
 //! criterion filter, for instance); the benchmarks' environment knobs
 //! (`HYPERCONTAINER_BENCH_*`, `HYPERCONTAINER_*_PAIRS`) are passed on. Their output, summaries included, is
-//! streamed.
+//! streamed. When the file-sharing benchmark (`fs`) is among them, a
+//! variant guest kernel with 9p (`guest/kernel/bench-9p.fragment` over the
+//! repository's fragment) is built too and handed to it alone.
 
 use crate::util::{cargo, fail, IoContext, Result};
 use hypercontainer_testhost::{Job, Mode, TestHost};
@@ -19,6 +21,15 @@ const PACKAGE: &str = "hypercontainer-benches";
 /// A second guest kernel for the boot benchmark's pairs (see
 /// `benches/boot.rs`), packed into the emulated host at its own path.
 const KERNEL_B_ENV: &str = "HYPERCONTAINER_BENCH_KERNEL_B";
+
+/// The file-sharing benchmark's guest kernel (`benches/fs/`): the
+/// repository's fragment plus [`FS_FRAGMENT`], built when `fs` runs and
+/// packed at its own path. Every setup of that benchmark boots it, so the
+/// product kernel needs no 9p.
+const FS_KERNEL_ENV: &str = "HYPERCONTAINER_BENCH_FS_KERNEL";
+/// The additive fragment of [`FS_KERNEL_ENV`]'s kernel: 9p for the
+/// QEMU virtio-9p peer.
+const FS_FRAGMENT: &str = "guest/kernel/bench-9p.fragment";
 
 /// Builds the bench executables (release profile); returns (name, path).
 fn build(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
@@ -75,6 +86,19 @@ pub fn cmd(args: &[String]) -> Result<()> {
         Mode::Emulated(crate::assets::ensure()?)
     };
     let benches = build(names)?;
+    // Guest kernels packed beside the default one: (variable, vmlinux).
+    let mut kernels: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some(k) = std::env::var_os(KERNEL_B_ENV) {
+        let k = PathBuf::from(k);
+        if !k.is_file() {
+            return fail(format!("{KERNEL_B_ENV}: {} is not a file", k.display()));
+        }
+        kernels.push((KERNEL_B_ENV, k));
+    }
+    if benches.iter().any(|(name, _)| name == "fs") {
+        let extra = crate::util::repo_root().join(FS_FRAGMENT);
+        kernels.push((FS_KERNEL_ENV, crate::kernel::ensure_with(&extra)?.vmlinux));
+    }
     let jobs: Vec<Job> = benches
         .iter()
         .map(|(name, exe)| Job::new(name, exe).arg("--bench").args(bench_args))
@@ -86,27 +110,25 @@ pub fn cmd(args: &[String]) -> Result<()> {
                 .mode(mode.clone())
                 .guest_kernel(&kernel.vmlinux, &kernel.bzimage)
                 .timeout(Duration::from_secs(90 * 60))
+                // Room for the file-sharing benchmark's share (two 256 MiB
+                // files and an EROFS image of one) beside a guest's memory.
+                .memory_mib(3072)
                 .echo(Some("")),
         )?;
         // Knobs of the benchmarks (`HYPERCONTAINER_BENCH_*`,
         // `HYPERCONTAINER_*_PAIRS`) reach them inside the emulated host too.
         for (k, v) in std::env::vars() {
-            if (k.starts_with("HYPERCONTAINER_BENCH_") && k != KERNEL_B_ENV)
+            let packed = kernels.iter().any(|(env, _)| *env == k);
+            if (k.starts_with("HYPERCONTAINER_BENCH_") && !packed)
                 || (k.starts_with("HYPERCONTAINER_") && k.ends_with("_PAIRS"))
             {
                 builder = builder.env(k, v);
             }
         }
-        // A second guest kernel to compare with goes in with the first.
-        if let Some(k) = std::env::var_os(KERNEL_B_ENV) {
-            let k = PathBuf::from(k);
-            if !k.is_file() {
-                return fail(format!("{KERNEL_B_ENV}: {} is not a file", k.display()));
-            }
-            let inside = hypercontainer_testhost::inside_path(&k)?;
-            builder = builder
-                .include(&k)
-                .env(KERNEL_B_ENV, inside.to_string_lossy());
+        // Further guest kernels go in with the first, at their own paths.
+        for (env, k) in &kernels {
+            let inside = hypercontainer_testhost::inside_path(k)?;
+            builder = builder.include(k).env(*env, inside.to_string_lossy());
         }
         for j in rest {
             builder = builder.job(j.clone());

@@ -32,6 +32,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     // the default seccomp profile of containers (/usr/share/containers/seccomp.json)
     "golang-github-containers-common",
+    // user-mode networking (passt), network namespaces and tc redirects
+    // (ip, tc), and the CNI plugins the network namespace tests run
+    "passt",
+    "iproute2",
+    "containernetworking-plugins",
 ];
 
 /// Packages of `wanted` that dpkg does not report as installed.

@@ -9,6 +9,10 @@
 //! instead (a variant for a measurement, e.g. the repository's fragment
 //! without one block of options): the build is keyed by that file's bytes
 //! like any other, and `default` keeps pointing at the repository's build.
+//! [`ensure_with`] builds another kind of variant for a tool that needs
+//! one (the file-sharing benchmark's 9p peer): the repository's fragment
+//! with the lines of an additive fragment appended, keyed by the merged
+//! bytes, `default` again left alone.
 
 use crate::util::{fail, jobs, output, run, IoContext, Result, Stage};
 use sha2::{Digest, Sha256};
@@ -119,17 +123,58 @@ fn source_version() -> Result<String> {
 /// and points `<cache>/kernel/default` at it.
 pub fn ensure() -> Result<BuiltKernel> {
     let stage = Stage::start("kernel: guest kernel");
-    let res = ensure_inner(&stage);
+    let res = chosen_fragment_bytes()
+        .and_then(|(fragment, variant)| ensure_inner(&stage, &fragment, variant));
     stage.finish(res.is_ok());
     res
 }
 
-fn ensure_inner(stage: &Stage) -> Result<BuiltKernel> {
-    let (fragment_file, variant) = chosen_fragment();
-    let fragment =
-        fs::read(&fragment_file).ctx(|| format!("reading {}", fragment_file.display()))?;
+/// Builds (or finds cached) the repository's fragment followed by the
+/// lines of `extra` (options a tool adds, e.g. `guest/kernel/bench-9p.fragment`),
+/// keyed by the merged bytes; `<cache>/kernel/default` is left alone, and
+/// [`FRAGMENT_ENV`] is not consulted.
+pub fn ensure_with(extra: &Path) -> Result<BuiltKernel> {
+    let stage = Stage::start(format!("kernel: guest kernel + {}", fragment_label(extra)));
+    let res =
+        merged_fragment(extra).and_then(|f| ensure_inner(&stage, &f, Some(fragment_label(extra))));
+    stage.finish(res.is_ok());
+    res
+}
+
+/// The repository's fragment, then `extra`'s lines (later lines win in
+/// `merge_config.sh`).
+fn merged_fragment(extra: &Path) -> Result<Vec<u8>> {
+    let base = fragment_path();
+    let mut merged = fs::read(&base).ctx(|| format!("reading {}", base.display()))?;
+    if !merged.ends_with(b"\n") {
+        merged.push(b'\n');
+    }
+    merged.extend(fs::read(extra).ctx(|| format!("reading {}", extra.display()))?);
+    Ok(merged)
+}
+
+fn fragment_label(path: &Path) -> String {
+    path.strip_prefix(crate::util::repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// [`chosen_fragment`]'s bytes, and its name when it is a variant.
+fn chosen_fragment_bytes() -> Result<(Vec<u8>, Option<String>)> {
+    let (file, variant) = chosen_fragment();
+    let bytes = fs::read(&file).ctx(|| format!("reading {}", file.display()))?;
+    Ok((
+        bytes,
+        variant.then(|| format!("{FRAGMENT_ENV}={}", file.display())),
+    ))
+}
+
+/// Builds `fragment` unless cached; `variant` names where a variant came
+/// from (then `default` is not moved).
+fn ensure_inner(stage: &Stage, fragment: &[u8], variant: Option<String>) -> Result<BuiltKernel> {
     let version = source_version()?;
-    let key = cache_key(&fragment, &version);
+    let key = cache_key(fragment, &version);
     let root = hypercontainer::kernel::cache_dir()?.join("kernel");
     fs::create_dir_all(&root).ctx(|| format!("creating {}", root.display()))?;
     let dest = root.join(&key);
@@ -145,17 +190,15 @@ fn ensure_inner(stage: &Stage) -> Result<BuiltKernel> {
         ));
         clean_stale_builds(&root);
         let tmp = root.join(format!(".build-{key}-{}", std::process::id()));
-        let res = build(stage, &tmp, &fragment_file, &dest);
+        let res = build(stage, &tmp, fragment, &dest);
         let _ = fs::remove_dir_all(&tmp);
         res?;
     }
-    if variant {
-        stage.note(format!(
-            "{FRAGMENT_ENV}={}: built as key {key}; default left as it was",
-            fragment_file.display()
-        ));
-    } else {
-        set_default(&root, &key)?;
+    match variant {
+        Some(from) => stage.note(format!(
+            "variant {from}: built as key {key}; default left as it was"
+        )),
+        None => set_default(&root, &key)?,
     }
     Ok(built)
 }
@@ -181,8 +224,11 @@ fn clean_stale_builds(root: &Path) {
     }
 }
 
-fn build(stage: &Stage, tmp: &Path, fragment: &Path, dest: &Path) -> Result<()> {
+fn build(stage: &Stage, tmp: &Path, fragment_text: &[u8], dest: &Path) -> Result<()> {
     fs::create_dir_all(tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    // merge_config.sh reads a file: the bytes the key was made of.
+    let fragment = tmp.join("config.fragment");
+    fs::write(&fragment, fragment_text).ctx(|| format!("writing {}", fragment.display()))?;
     stage.note(format!("extracting {SOURCE_TARBALL}"));
     run(Command::new("tar")
         .arg("-xf")
@@ -204,16 +250,14 @@ fn build(stage: &Stage, tmp: &Path, fragment: &Path, dest: &Path) -> Result<()> 
         &mut log,
         Command::new("scripts/kconfig/merge_config.sh")
             .args(["-m", ".config"])
-            .arg(fragment),
+            .arg(&fragment),
     )?;
     quiet(&src, &mut log, Command::new("make").arg("olddefconfig"))?;
     let config = fs::read_to_string(src.join(".config")).ctx(|| "reading .config".into())?;
-    let fragment_text = fs::read_to_string(fragment).ctx(|| "reading fragment".into())?;
-    let bad = unmet_options(&fragment_text, &config);
+    let bad = unmet_options(&String::from_utf8_lossy(fragment_text), &config);
     if !bad.is_empty() {
         return fail(format!(
-            "these lines of {} did not stick (a dependency is probably missing):\n  {}",
-            fragment.display(),
+            "these fragment lines did not stick (a dependency is probably missing):\n  {}",
             bad.join("\n  ")
         ));
     }
@@ -354,6 +398,18 @@ mod tests {
         assert_ne!(a, cache_key(b"CONFIG_X=y\n", "6.1.2"));
         assert_ne!(a, cache_key(b"CONFIG_X=n\n", "6.1.1"));
         assert_eq!(a, cache_key(b"CONFIG_X=y\n", "6.1.1"));
+    }
+
+    #[test]
+    fn a_variant_is_the_repository_fragment_then_the_extra_lines() {
+        let extra = crate::util::repo_root().join("guest/kernel/bench-9p.fragment");
+        let merged = String::from_utf8(merged_fragment(&extra).unwrap()).unwrap();
+        let base = fs::read_to_string(fragment_path()).unwrap();
+        assert!(merged.starts_with(&base));
+        assert!(merged.ends_with(&fs::read_to_string(&extra).unwrap()));
+        let wanted = parse_fragment(&merged);
+        assert_eq!(wanted["CONFIG_9P_FS"].as_deref(), Some("y"));
+        assert!(!parse_fragment(&base).contains_key("CONFIG_9P_FS"));
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub const TARGET_PREFIX: &str = "whole_vm_";
 
 /// How long one whole-VM test binary may run in the emulated host before it
 /// is killed (after showing where its threads are) and the next one runs.
-const JOB_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The volume tests' 10,000 files take several minutes under emulation
+/// on a busy machine.
+const JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// A test binary built by cargo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +92,26 @@ pub fn build() -> Result<Vec<TestBinary>> {
 /// Host tools the whole-VM tests run (packed into the emulated host with
 /// their libraries), and the files those tools read.
 const TOOLS: &[&str] = &["mke2fs", "debugfs"];
-const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf"];
+/// Files packed when present (passt, started as root, looks `nobody` up).
+const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf", "/etc/passwd", "/etc/group"];
 /// Host programs packed when installed; the tests that need them skip
-/// without (the registry pull test runs Debian's `docker-registry`).
-const OPTIONAL_TOOLS: &[&str] = &["/usr/bin/docker-registry"];
+/// without (the registry pull test runs Debian's `docker-registry`, the
+/// network tests passt, which runs `passt.avx2` where the CPU has AVX2,
+/// iproute2's `ip` and `tc`, and the CNI plugins of Debian's
+/// `containernetworking-plugins`; the file-sharing benchmark runs QEMU's C
+/// virtiofsd as a peer and `mkfs.erofs` for its block reference).
+const OPTIONAL_TOOLS: &[&str] = &[
+    "/usr/bin/docker-registry",
+    "/usr/bin/passt",
+    "/usr/bin/passt.avx2",
+    "/usr/sbin/ip",
+    "/usr/sbin/tc",
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/loopback",
+    hypercontainer_testhost::share::VIRTIOFSD,
+    "/usr/bin/mkfs.erofs",
+];
 
 /// Static programs the whole-VM tests put into their guests, built from C
 /// with the system compiler: (environment variable naming the binary,
@@ -142,6 +160,12 @@ fn tool(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Memory of the emulated host of a whole-VM run. Its root is a RAM file
+/// system holding every whole-VM test binary (debug builds without their
+/// DWARF, about 25 MiB each), the tools and the files the tests write
+/// (the volume tests' trees); Linux lets it grow to half the memory.
+const WHOLE_VM_HOST_MIB: u32 = 3072;
+
 /// Runs the given test binaries' ignored tests through the test host
 /// ([`resuming`] over lockups of the emulated host).
 pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<Report> {
@@ -161,9 +185,7 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
                 .env("RUST_BACKTRACE", "1")
                 .timeout(Duration::from_secs(40 * 60))
                 .cpus(testhost_cpus())
-                // Its files live in RAM: room for the volume tests' trees
-                // beside the sandboxes' memory.
-                .memory_mib(3072)
+                .memory_mib(WHOLE_VM_HOST_MIB)
                 .echo(Some("  vm| ")),
         )?;
         for j in rest {

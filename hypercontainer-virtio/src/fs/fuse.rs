@@ -85,6 +85,7 @@ pub mod init_flags {
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
     pub const MAX_PAGES: u32 = 1 << 22;
     pub const CACHE_SYMLINKS: u32 = 1 << 23;
+    pub const HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 }
 
 /// `setattr_in.valid` bits.

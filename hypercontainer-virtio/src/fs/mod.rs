@@ -88,6 +88,14 @@
 //! fit (or a READ larger than its buffers) is answered `EIO`. Chains with
 //! no room even for a reply header are returned with nothing written.
 //!
+//! # Privileges
+//!
+//! The device clears setuid, setgid (when group-executable) and
+//! `security.capability` on every write, truncate and chown itself, so it
+//! negotiates `HANDLE_KILLPRIV_V2`: the guest kernel leaves that work to
+//! it (no GETATTR before a chown, and `security.capability` asked for only
+//! before an inode's first write, not every write).
+//!
 //! # Caching
 //!
 //! The guest may cache names and attributes for the configured timeouts
@@ -120,8 +128,7 @@
 //!
 //! DAX (`SETUPMAPPING`), `TMPFILE`, `ioctl`, `poll`, `flock`-style
 //! locks (the guest kernel keeps those local), notifications to the guest,
-//! submounts, security contexts, `HANDLE_KILLPRIV_V2` (privileges are
-//! cleared by the device itself), file handles (`name_to_handle_at`) in
+//! submounts, security contexts, file handles (`name_to_handle_at`) in
 //! place of `O_PATH` fds, a worker pool, and more than one request queue.
 //! POSIX locks are open-file-description locks on the host: locks taken
 //! through one guest open file do not conflict with each other whatever

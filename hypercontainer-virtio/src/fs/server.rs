@@ -424,6 +424,12 @@ impl<F: FileSystem + ?Sized> Server<F> {
             return Err(RequestError::Invalid("protocol minor version too old"));
         }
         self.fs.init()?;
+        // HANDLE_KILLPRIV_V2: the device clears setuid, setgid and
+        // `security.capability` on every write, truncate and chown (whether
+        // or not the kernel's KILL_SUIDGID flags ask), so the guest may
+        // leave that to it. The guest then skips a GETATTR before each
+        // chown, and (SB_NOSEC) asks for `security.capability` only before
+        // an inode's first write instead of before every write.
         let wanted = init_flags::ASYNC_READ
             | init_flags::POSIX_LOCKS
             | init_flags::ATOMIC_O_TRUNC
@@ -432,7 +438,8 @@ impl<F: FileSystem + ?Sized> Server<F> {
             | init_flags::READDIRPLUS_AUTO
             | init_flags::PARALLEL_DIROPS
             | init_flags::MAX_PAGES
-            | init_flags::CACHE_SYMLINKS;
+            | init_flags::CACHE_SYMLINKS
+            | init_flags::HANDLE_KILLPRIV_V2;
         let max_write = self.options.max_write.clamp(4096, MAX_WRITE);
         self.phase = Phase::Running;
         Ok(encode(&fuse::InitOut {

@@ -8,11 +8,11 @@ use hypercontainer_image::{ImageStore, ProcessOverrides};
 use hypercontainer_protocol::WindowSize;
 
 use super::image::{ImageRef, PullOptions, PullPolicy};
-use super::network::NetworkInterface;
 use super::{
     Disk, Error, Limits, Output, Result, Sandbox, Seccomp, Tmpfs, DEFAULT_BOOT_TIMEOUT,
     DEFAULT_MEMORY_MIB,
 };
+use crate::network::Network;
 use crate::spec::ContainerOptions;
 use crate::vmm::{self, ConsoleSink};
 use crate::volume::Volume;
@@ -36,7 +36,7 @@ pub struct SandboxBuilder {
     pub(super) stderr: Output,
     pub(super) console: Option<Box<dyn ConsoleSink>>,
     pub(super) kernel_args: Vec<String>,
-    pub(super) network: Vec<NetworkInterface>,
+    pub(super) network: Network,
     pub(super) dns: Vec<std::net::IpAddr>,
     pub(super) boot_timeout: Duration,
     pub(super) container: ContainerOptions,
@@ -78,7 +78,7 @@ impl Default for SandboxBuilder {
             stderr: Output::Piped,
             console: None,
             kernel_args: Vec::new(),
-            network: Vec::new(),
+            network: Network::none(),
             dns: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             container: ContainerOptions::default(),
@@ -232,18 +232,19 @@ impl SandboxBuilder {
         self
     }
 
-    /// Adds a network interface: a virtio-net device on a host tap, which
-    /// the agent configures in the guest before the container starts (see
-    /// [`NetworkInterface`]). At most
-    /// [`MAX_INTERFACES`](hypercontainer_protocol::MAX_INTERFACES). Without
-    /// one the sandbox has only its loopback interface.
-    pub fn network(mut self, interface: NetworkInterface) -> Self {
-        self.network.push(interface);
+    /// The sandbox's network (default: [`Network::none`], loopback only):
+    /// [`Network::user`] for rootless networking through passt, with
+    /// published ports, or [`Network::tap`] for a tap wired up by the
+    /// caller. See [`crate::network`].
+    pub fn network(mut self, network: impl Into<Network>) -> Self {
+        self.network = network.into();
         self
     }
 
     /// Adds a DNS server written to the container's `/etc/resolv.conf`
-    /// (default: the image's file is kept).
+    /// (default: in user mode [`USER_DNS_IPV4`](crate::network::USER_DNS_IPV4),
+    /// forwarded to the host's resolver; otherwise the image's file is
+    /// kept).
     pub fn dns(mut self, server: std::net::IpAddr) -> Self {
         self.dns.push(server);
         self
@@ -378,16 +379,7 @@ impl SandboxBuilder {
                 )));
             }
         }
-        if self.network.len() > hypercontainer_protocol::MAX_INTERFACES {
-            return Err(Error::Config(format!(
-                "{} network interfaces: at most {} are supported",
-                self.network.len(),
-                hypercontainer_protocol::MAX_INTERFACES
-            )));
-        }
-        for n in &self.network {
-            n.validate().map_err(Error::Config)?;
-        }
+        self.network.validate()?;
         if let Some(h) = &self.hostname {
             if h.len() > 64 || h.contains(['/', '\0']) {
                 return Err(Error::Config(format!("invalid host name {h:?}")));

@@ -7,8 +7,8 @@
 //! vsock device and an entropy device, with the [agent](crate::guest) as
 //! PID 1, and asks the agent to mount the layers under a writable tmpfs
 //! upper and run the process. With [`SandboxBuilder::network`] the VM
-//! also gets a virtio-net device on a host tap, configured in the guest by
-//! the agent (see [`NetworkInterface`]). Volumes
+//! also gets a virtio-net device, through a passt of its own or on a host
+//! tap, configured in the guest by the agent (see [`crate::network`]). Volumes
 //! ([`SandboxBuilder::volume`], see [`crate::volume`]) and a `dir:` root
 //! filesystem are shares of one virtio-fs device, mounted by the agent
 //! before the process starts. The returned [`Sandbox`] streams the
@@ -49,7 +49,6 @@ mod builder;
 mod exit_status;
 mod id;
 mod image;
-mod network;
 mod process;
 mod shares;
 mod signal;
@@ -78,7 +77,6 @@ use watch::{boot_failure, lock, Ended};
 
 pub use builder::SandboxBuilder;
 pub use image::{ImageRef, ParseImageRefError, PullOptions, PullPolicy};
-pub use network::NetworkInterface;
 pub use process::{Exec, Process};
 pub use shares::FS_TAG;
 pub use signal::parse_signal;
@@ -216,6 +214,10 @@ pub enum Error {
         /// Device slots of a VM.
         max: usize,
     },
+    /// The network's settings are invalid, or its host side could not be
+    /// set up (the message says what to do).
+    #[error(transparent)]
+    Network(#[from] crate::network::Error),
     /// The container's confinement settings are invalid, or the seccomp
     /// profile is missing or malformed (the message says what to do).
     #[error("the container's confinement")]
@@ -304,6 +306,8 @@ pub struct Sandbox {
     template: ProtoProcess,
     t0: Instant,
     host: HostTimes,
+    /// Last: passt outlives the VM's end of its socket.
+    network: crate::network::Running,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -328,6 +332,27 @@ impl Sandbox {
     /// The main process's pid in the guest.
     pub fn pid(&self) -> Option<u32> {
         self.main.pid()
+    }
+
+    /// The ports published on the host ([`UserNetwork::publish`]), as
+    /// bound: a host port 0 shows the port chosen.
+    ///
+    /// [`UserNetwork::publish`]: crate::network::UserNetwork::publish
+    pub fn ports(&self) -> &[crate::network::PublishedPort] {
+        self.network.ports()
+    }
+
+    /// Why the sandbox's network went down while it ran, if it did (in
+    /// user mode: passt ended, e.g. killed). The sandbox runs on; only its
+    /// NIC has no other end.
+    pub fn network_error(&self) -> Option<crate::network::Error> {
+        self.network.failure()
+    }
+
+    /// The pid of the sandbox's passt on the host (user mode), e.g. to
+    /// account for its resources.
+    pub fn passt_pid(&self) -> Option<u32> {
+        self.network.passt_pid()
     }
 
     /// The main process's stdout (when [`Output::Piped`]); once.

@@ -9,7 +9,6 @@ use hypercontainer_protocol::{oci, Process as ProtoProcess, Rootfs, Start, Upper
 use super::builder::SandboxBuilder;
 use super::id::new_id;
 use super::image::{prepare_image, RootSource};
-use super::network;
 use super::shares::{self, Shares};
 use super::signal::parse_signal;
 use super::watch::{accept_agent, boot_failure, vm_gone, Ended};
@@ -18,6 +17,7 @@ use crate::agent_client::{error_chain, AgentClient};
 use crate::guest;
 use crate::host::{self, KvmKind};
 use crate::kernel;
+use crate::network;
 use crate::spec;
 use crate::vmm::{self, layout, BlockConfig, ConsoleSink, Vm, VmBuilder};
 
@@ -37,6 +37,7 @@ struct BuiltVm {
     vm: Vm,
     layer_serials: Vec<String>,
     interfaces: Vec<hypercontainer_protocol::Interface>,
+    network: network::Running,
 }
 
 pub(super) fn start(mut b: SandboxBuilder) -> Result<Sandbox> {
@@ -70,6 +71,11 @@ pub(super) fn start(mut b: SandboxBuilder) -> Result<Sandbox> {
     let image_ready = t0.elapsed();
 
     let main = main_process(&b, &id, &defaults, &shares)?;
+    let dns = if b.dns.is_empty() {
+        b.network.default_dns()
+    } else {
+        b.dns.clone()
+    };
     let built = build_vm(&mut b, &kernel, &initramfs.path, &layers, &shares, &id)?;
     let vm_built = t0.elapsed();
     let vm = Arc::new(Mutex::new(built.vm));
@@ -100,7 +106,7 @@ pub(super) fn start(mut b: SandboxBuilder) -> Result<Sandbox> {
                 process: main.process.clone(),
                 hostname: main.hostname,
                 hosts: None,
-                resolv_conf: (!b.dns.is_empty()).then(|| network::resolv_conf(&b.dns)),
+                resolv_conf: (!dns.is_empty()).then(|| network::resolv_conf(&dns)),
                 network: built.interfaces,
                 spec: main.spec,
             },
@@ -136,6 +142,7 @@ pub(super) fn start(mut b: SandboxBuilder) -> Result<Sandbox> {
             first_run,
             agent_connected,
         },
+        network: built.network,
     })
 }
 
@@ -184,7 +191,7 @@ fn main_process(
 /// than a VM has, before anything is built.
 fn check_device_budget(b: &SandboxBuilder, layers: usize, fs: bool) -> Result<()> {
     // vsock and rng, the virtio-fs device, disks and NICs.
-    let others = 2 + usize::from(fs) + b.disks.len() + b.network.len();
+    let others = 2 + usize::from(fs) + b.disks.len() + usize::from(b.network.has_nic());
     let needed = layers + others;
     if needed > MAX_DEVICES {
         return Err(Error::TooManyDevices {
@@ -236,17 +243,16 @@ fn build_vm(
     for a in &b.kernel_args {
         vb = vb.append_cmdline(a);
     }
-    let mut interfaces = Vec::new();
-    for (i, n) in std::mem::take(&mut b.network).into_iter().enumerate() {
-        let (config, iface) = n.into_parts(network::sandbox_mac(id, i));
-        vb = vb.net(config);
-        interfaces.push(iface);
+    let attached = std::mem::take(&mut b.network).attach(network::sandbox_mac(id))?;
+    if let Some(device) = attached.device {
+        vb = vb.net(device);
     }
     let vm = vb.vsock(GUEST_CID).rng().build().map_err(vm_build_err)?;
     Ok(BuiltVm {
         vm,
         layer_serials,
-        interfaces,
+        interfaces: attached.interface.into_iter().collect(),
+        network: attached.running,
     })
 }
 

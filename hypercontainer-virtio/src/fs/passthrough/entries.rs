@@ -61,6 +61,11 @@ impl PassthroughFs {
     /// Look up one checked name: an `O_PATH`, `O_NOFOLLOW` open relative
     /// to the parent, then the existing node or a new one.
     pub(super) fn lookup_entry(&mut self, parent: u64, name: &CStr) -> FsResult<Entry> {
+        self.lookup_stat(parent, name).map(|(entry, _)| entry)
+    }
+
+    /// [`Self::lookup_entry`], also answering the host's `stat` of it.
+    fn lookup_stat(&mut self, parent: u64, name: &CStr) -> FsResult<(Entry, libc::stat64)> {
         let fd = open::open_path(self.node_fd(parent)?, name)?;
         let st = sys::stat_fd(fd.as_fd())?;
         let key = (st.st_dev, st.st_ino);
@@ -75,12 +80,13 @@ impl PassthroughFs {
                 self.inodes.insert(fd, key, kind, parent, name)
             }
         };
-        Ok(self.entry(id, &st))
+        Ok((self.entry(id, &st), st))
     }
 
     /// After the host made `name` in `parent` for the guest: take its node,
     /// give it the caller's ids and the mode asked for (the process's
-    /// umask must not change what the guest sees).
+    /// umask must not change what the guest sees). Only what differs is
+    /// changed, and the entry is stat'ed again only after a change.
     fn finish_create(
         &mut self,
         ctx: Context,
@@ -89,7 +95,7 @@ impl PassthroughFs {
         mode: Option<u32>,
     ) -> FsResult<Entry> {
         let parent_st = self.stat_node(parent)?;
-        let mut entry = self.lookup_entry(parent, name)?;
+        let (mut entry, mut st) = self.lookup_stat(parent, name)?;
         let fd = self.node_fd(entry.nodeid)?;
         // A setgid directory gives new entries its group, as the host did.
         let gid = (parent_st.st_mode & libc::S_ISGID == 0).then_some(ctx.gid);
@@ -97,23 +103,34 @@ impl PassthroughFs {
             Ownership::Squash { .. } => None,
             _ => self.cfg.ownership.host_ids(Some(ctx.uid), gid),
         };
+        let mut changed = false;
         if let Some((uid, gid)) = ids {
-            if let Err(e) = sys::chown_fd(fd, uid, gid) {
-                // Without CAP_CHOWN the file stays the process's own.
-                log::debug!("virtio-fs: cannot give a new entry the caller's ids: {e}");
+            let differs = |want: u32, have: u32| want != KEEP && want != have;
+            if differs(uid, st.st_uid) || differs(gid, st.st_gid) {
+                match sys::chown_fd(fd, uid, gid) {
+                    // A chown may clear setuid and setgid: look again.
+                    Ok(()) => st = sys::stat_fd(fd)?,
+                    // Without CAP_CHOWN the file stays the process's own.
+                    Err(e) => {
+                        log::debug!("virtio-fs: cannot give a new entry the caller's ids: {e}")
+                    }
+                }
+                changed = true;
             }
         }
         if let Some(mode) = mode {
-            let st = sys::stat_fd(fd)?;
             let mut want = mode & 0o7777;
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                 want |= st.st_mode & libc::S_ISGID;
             }
             if st.st_mode & 0o7777 != want {
                 sys::fchmodat(self.proc_fd.as_fd(), &Self::proc_name(fd), want)?;
+                changed = true;
             }
         }
-        entry.attr = self.attr(&self.stat_node(entry.nodeid)?);
+        if changed {
+            entry.attr = self.attr(&self.stat_node(entry.nodeid)?);
+        }
         Ok(entry)
     }
 
@@ -190,6 +207,11 @@ impl PassthroughFs {
         let entry = if created {
             self.finish_create(ctx, parent, name, Some(mode))?
         } else {
+            // An existing file truncated by the open loses its privileges,
+            // as with OPEN.
+            if guest & libc::O_TRUNC != 0 {
+                self.drop_privileges(&file)?;
+            }
             self.lookup_entry(parent, name)?
         };
         let fh = self.add_handle(file, false);

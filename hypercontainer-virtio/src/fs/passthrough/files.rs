@@ -107,7 +107,7 @@ impl PassthroughFs {
 
     /// Clear setuid/setgid and `security.capability` after a change
     /// through an open file.
-    fn drop_privileges(&self, file: &File) -> FsResult<()> {
+    pub(super) fn drop_privileges(&self, file: &File) -> FsResult<()> {
         let st = sys::stat_fd(file.as_fd())?;
         let bits = privileged_bits(st.st_mode);
         if bits != 0 {

@@ -67,7 +67,7 @@ mod ids;
 mod inode_store;
 mod open;
 mod read_only;
-mod sys;
+pub(super) mod sys;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};

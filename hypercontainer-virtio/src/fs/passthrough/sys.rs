@@ -8,6 +8,9 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
+
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -286,6 +289,76 @@ pub fn copy_file_range(
             &mut off_out,
             len,
             0,
+        )
+    })
+}
+
+/// Most buffers one `preadv`/`pwritev` call takes (the kernel's `UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
+
+/// The `iovec`s of (at most [`IOV_MAX`] of) `bufs`. The pointers stay
+/// valid while `bufs` is borrowed: a `VolatileSlice` is a live mapping.
+fn iovecs<B: BitmapSlice>(bufs: &[VolatileSlice<'_, B>]) -> Vec<libc::iovec> {
+    bufs.iter()
+        .take(IOV_MAX)
+        .map(|b| libc::iovec {
+            iov_base: b.ptr_guard_mut().as_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect()
+}
+
+/// `preadv(fd, bufs, offset)`: file bytes straight into (guest) memory
+/// slices, in order, in one call; answers the bytes read (short at the end
+/// of the file, or past the first [`IOV_MAX`] buffers).
+pub fn preadv<B: BitmapSlice>(
+    fd: BorrowedFd<'_>,
+    bufs: &[VolatileSlice<'_, B>],
+    offset: u64,
+) -> io::Result<usize> {
+    let iov = iovecs(bufs);
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: each iovec covers exactly one slice of `bufs`, memory that
+    // stays mapped while `bufs` is borrowed (for this whole call); the
+    // kernel writes at most `iov_len` bytes into each. `iov` itself is a
+    // live array of `iov.len()` entries.
+    let n = cvt_size(unsafe {
+        libc::preadv64(
+            fd.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
+            offset,
+        )
+    })?;
+    let mut left = n;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let k = b.len().min(left);
+        b.bitmap().mark_dirty(0, k);
+        left -= k;
+    }
+    Ok(n)
+}
+
+/// `pwritev(fd, bufs, offset)`: (guest) memory slices straight into the
+/// file, in one call; answers the bytes written (possibly short).
+pub fn pwritev<B: BitmapSlice>(
+    fd: BorrowedFd<'_>,
+    bufs: &[VolatileSlice<'_, B>],
+    offset: u64,
+) -> io::Result<usize> {
+    let iov = iovecs(bufs);
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: each iovec covers exactly one slice of `bufs`, memory that
+    // stays mapped while `bufs` is borrowed; the kernel only reads it.
+    cvt_size(unsafe {
+        libc::pwritev64(
+            fd.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
+            offset,
         )
     })
 }

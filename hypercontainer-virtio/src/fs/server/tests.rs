@@ -77,6 +77,8 @@ fn init_negotiates_the_minor_version_and_max_write() {
     let out: fuse::InitOut = r.read().unwrap();
     assert_eq!((out.major, out.minor, out.max_write), (7, 36, MAX_WRITE));
     assert_eq!(out.flags & init_flags::POSIX_LOCKS, init_flags::POSIX_LOCKS);
+    // The device clears privileges itself on write, truncate and chown.
+    assert_ne!(out.flags & init_flags::HANDLE_KILLPRIV_V2, 0);
     assert_eq!(s.phase(), Phase::Running);
     let old = Server::new(Box::new(Null), ServerOptions::default())
         .handle(&request(opcode::INIT, 1, &init_body(20)))

@@ -388,6 +388,30 @@ fn new_entries_get_the_callers_ids_when_running_as_root() {
 }
 
 #[test]
+fn a_new_entry_keeps_the_asked_mode_after_its_chown_and_shows_what_the_host_has() {
+    if sys::geteuid() != 0 {
+        return;
+    }
+    let s = Share::new();
+    let mut c = s.client_with(|cfg| PassthroughConfig {
+        ownership: Ownership::Passthrough,
+        ..cfg
+    });
+    // Already the process's ids: nothing to change, the first stat stands.
+    let (same, _) = c.create(ROOT_ID, "same", 0o644, 0).unwrap();
+    let m = fs::metadata(s.path("same")).unwrap();
+    assert_eq!((same.attr.uid, same.attr.mode), (m.uid(), m.mode()));
+    // Another owner and setgid with group execute: the chown would clear
+    // the bit, the mode is set after it.
+    c.uid = 1234;
+    c.gid = 5678;
+    let (f, _) = c.create(ROOT_ID, "f", 0o2755, 0).unwrap();
+    let m = fs::metadata(s.path("f")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 5678, 0o2755));
+    assert_eq!((f.attr.uid, f.attr.mode), (1234, libc::S_IFREG | 0o2755));
+}
+
+#[test]
 fn squashed_ownership_shows_one_owner_and_ignores_chown() {
     let s = Share::new();
     fs::write(s.path("f"), b"").unwrap();

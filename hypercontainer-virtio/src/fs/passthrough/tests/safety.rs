@@ -301,6 +301,19 @@ fn a_write_clears_setuid_setgid_and_file_capabilities() {
 }
 
 #[test]
+fn a_create_that_truncates_an_existing_file_clears_setuid() {
+    let s = Share::new();
+    fs::write(s.path("bin"), b"0123").unwrap();
+    fs::set_permissions(s.path("bin"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut c = s.client();
+    let (_, _) = c
+        .create(ROOT_ID, "bin", 0o755, libc::O_RDWR | libc::O_TRUNC)
+        .unwrap();
+    let m = fs::metadata(s.path("bin")).unwrap();
+    assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o755));
+}
+
+#[test]
 fn chown_and_truncate_clear_setuid() {
     let s = Share::new();
     let mut c = s.client();

@@ -16,18 +16,23 @@
 //!
 //! Longer frames, in either direction, are dropped and counted, as are
 //! frames the guest has no room for.
+//!
+//! The device offers `VIRTIO_NET_F_STATUS`: the link is up until the
+//! backend reports its other end gone for good ([`NetBackend::is_closed`],
+//! e.g. a user-mode network stack that exited); then the config space says
+//! link down and the guest is told with a configuration-change interrupt,
+//! so the guest's interface shows `NO-CARRIER`.
 
-use std::fs::OpenOptions;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
@@ -38,6 +43,12 @@ use crate::device::{
 };
 use crate::queue_util::Chain;
 use crate::GuestMemoryMmap;
+
+mod stream;
+mod tap;
+
+pub use stream::{StreamBackend, MAX_STREAM_FRAME_LEN};
+pub use tap::{check_interface_name, Tap};
 
 /// Size of the `virtio_net_hdr` (with `num_buffers`, as in virtio 1.x).
 pub const NET_HDR_LEN: usize = 12;
@@ -112,136 +123,30 @@ pub trait NetBackend: AsRawFd + Send {
     fn set_offloads(&mut self, _acked_features: u64) -> io::Result<()> {
         Ok(())
     }
-}
 
-/// A tap device (`IFF_TAP | IFF_NO_PI`), non-blocking.
-#[derive(Debug)]
-pub struct Tap {
-    file: std::fs::File,
-    name: String,
-    vnet_hdr: bool,
-}
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const TUN_F_CSUM: libc::c_uint = 0x01;
-const TUN_F_TSO4: libc::c_uint = 0x02;
-const TUN_F_TSO6: libc::c_uint = 0x04;
-
-impl Tap {
-    /// Open (or create) the tap interface `name` (`%d` patterns allowed).
-    /// Needs `CAP_NET_ADMIN` unless the interface exists and belongs to the
-    /// caller.
-    pub fn open(name: &str) -> Result<Self> {
-        check_interface_name(name)?;
-        let tap_err = |source| Error::Tap {
-            name: name.to_string(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(tap_err)?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its
-        // layout (16-byte name, flags, padding to 40 bytes) and outlives the call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
-        if rc < 0 {
-            return Err(tap_err(io::Error::last_os_error()));
-        }
-        let end = req.name.iter().position(|&b| b == 0).unwrap_or(16);
-        let name = String::from_utf8_lossy(&req.name[..end]).into_owned();
-        set_vnet_hdr_len(file.as_raw_fd()).map_err(tap_err)?;
-        Ok(Self {
-            file,
-            name,
-            vnet_hdr: true,
-        })
+    /// Whether bytes of a frame already accepted by
+    /// [`send_frame`](Self::send_frame) still wait to be written (a stream
+    /// backend whose socket was full). The device then waits for the fd to
+    /// become writable and calls [`flush`](Self::flush). Default: no.
+    fn has_pending_output(&self) -> bool {
+        false
     }
 
-    /// Use an already configured tap fd (e.g. handed over by a network
-    /// manager). It is made non-blocking. Offloads are used when it was
-    /// opened with `IFF_VNET_HDR`.
-    pub fn from_fd(fd: OwnedFd) -> Result<Self> {
-        set_nonblocking(fd.as_raw_fd()).map_err(Error::Backend)?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: 0,
-            _pad: [0; 22],
-        };
-        // SAFETY: TUNGETIFF writes a `struct ifreq` into `req`, which has
-        // its layout and outlives the call. On a descriptor that is not a
-        // tun/tap it fails and `req` stays zeroed.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, &mut req) };
-        let vnet_hdr = rc == 0 && req.flags & IFF_VNET_HDR != 0;
-        if vnet_hdr {
-            set_vnet_hdr_len(fd.as_raw_fd()).map_err(Error::Backend)?;
-        }
-        let end = req.name.iter().position(|&b| b == 0).unwrap_or(16);
-        Ok(Self {
-            file: std::fs::File::from(fd),
-            name: String::from_utf8_lossy(&req.name[..end]).into_owned(),
-            vnet_hdr,
-        })
+    /// Writes what [`has_pending_output`](Self::has_pending_output) holds,
+    /// as far as the fd takes it. Default: nothing to do.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 
-    /// The interface name (empty when built from an fd).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The tap's descriptor, e.g. to configure the interface first and hand
-    /// the open tap to a VM or sandbox afterwards (the interface lives as
-    /// long as the descriptor is open, unless made persistent).
-    pub fn into_fd(self) -> OwnedFd {
-        self.file.into()
+    /// Whether the other end is gone for good (a stream's peer closed):
+    /// the device then stops polling the fd, which would otherwise stay
+    /// readable forever. Default: never.
+    fn is_closed(&self) -> bool {
+        false
     }
 }
 
-/// Checks `name` against what Linux accepts as an interface name: 1 to 15
-/// bytes, no `/`, NUL or white space (a `%d` pattern is fine).
-pub fn check_interface_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 15
-        || name.contains(|c: char| c == '/' || c == '\0' || c.is_whitespace())
-    {
-        return Err(Error::InterfaceName(name.to_string()));
-    }
-    Ok(())
-}
-
-/// Headers of [`NET_HDR_LEN`] bytes on a tap with `IFF_VNET_HDR` (the
-/// virtio 1.x layout, with `num_buffers`).
-fn set_vnet_hdr_len(fd: RawFd) -> io::Result<()> {
-    let len: libc::c_int = NET_HDR_LEN as libc::c_int;
-    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which
-    // points at `len` for the duration of the call.
-    if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ as _, &len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFL on a caller-owned fd has no memory effects.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -253,55 +158,6 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-impl AsRawFd for Tap {
-    fn as_raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-}
-
-impl NetBackend for Tap {
-    fn recv_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
-    }
-
-    fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.file.write(frame).map(|_| ())
-    }
-
-    fn vnet_hdr(&self) -> bool {
-        self.vnet_hdr
-    }
-
-    fn set_offloads(&mut self, acked: u64) -> io::Result<()> {
-        if !self.vnet_hdr {
-            return Ok(());
-        }
-        let has = |bit: u32| acked & (1 << bit) != 0;
-        let mut flags: libc::c_uint = 0;
-        if has(VIRTIO_NET_F_GUEST_CSUM) {
-            flags |= TUN_F_CSUM;
-            if has(VIRTIO_NET_F_GUEST_TSO4) {
-                flags |= TUN_F_TSO4;
-            }
-            if has(VIRTIO_NET_F_GUEST_TSO6) {
-                flags |= TUN_F_TSO6;
-            }
-        }
-        // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument.
-        if unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                TUNSETOFFLOAD as _,
-                flags as libc::c_ulong,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
 }
 
 /// A datagram socket carries one frame per datagram (e.g. one end of a
@@ -385,6 +241,7 @@ impl NetBuilder {
             backend_readable: true,
             registered: None,
             stats: NetStats::default(),
+            link_up: true,
         })
     }
 }
@@ -405,6 +262,8 @@ pub struct Net {
     backend_readable: bool,
     registered: Option<EventSet>,
     stats: NetStats,
+    /// What the config space's status says; down once the backend closed.
+    link_up: bool,
 }
 
 impl std::fmt::Debug for Net {
@@ -545,11 +404,36 @@ impl Net {
         }
     }
 
+    /// Whether the guest is told the link is up.
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    /// Takes the link down, once, when the backend closed for good.
+    fn check_link(&mut self) {
+        if !self.link_up || !self.backend.is_closed() {
+            return;
+        }
+        self.link_up = false;
+        log::warn!("virtio-net: the backend closed; the guest's link is down");
+        if let Some(active) = self.link.active() {
+            if let Err(e) = active
+                .interrupt
+                .trigger(crate::interrupt::InterruptType::ConfigChange)
+            {
+                error!("virtio-net: cannot signal the link change: {e}");
+            }
+        }
+    }
+
     fn reconcile(&mut self, ops: &mut EventOps) {
-        let desired = if self.link.is_active() {
+        let desired = if self.link.is_active() && !self.backend.is_closed() {
             let mut set = EventSet::empty();
             if !self.backend_readable && self.rx_pending.is_none() {
                 set |= EventSet::IN;
+            }
+            if self.backend.has_pending_output() {
+                set |= EventSet::OUT;
             }
             Some(set)
         } else {
@@ -663,7 +547,7 @@ impl VirtioDevice for Net {
 
     fn features(&self) -> u64 {
         let offloads = if self.vnet_hdr { OFFLOAD_FEATURES } else { 0 };
-        device::VERSION_1 | (1 << VIRTIO_NET_F_MAC) | offloads
+        device::VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS) | offloads
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -671,7 +555,16 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        device::read_config_bytes(&self.mac, offset, data);
+        // struct virtio_net_config: mac[6], then status (le16).
+        let status = if self.link_up {
+            VIRTIO_NET_S_LINK_UP as u16
+        } else {
+            0
+        };
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..].copy_from_slice(&status.to_le_bytes());
+        device::read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> device::Result<()> {
@@ -705,7 +598,14 @@ impl MutEventSubscriber for Net {
                     self.process_tx();
                 }
             }
-            BACKEND_TOKEN => self.backend_readable = true,
+            BACKEND_TOKEN => {
+                if events.event_set().contains(EventSet::OUT) {
+                    if let Err(e) = self.backend.flush() {
+                        debug!("virtio-net: backend flush failed: {e}");
+                    }
+                }
+                self.backend_readable = true;
+            }
             q @ (0 | 1) => {
                 if self.link.ack_queue_event(q) && q as usize == TX {
                     self.process_tx();
@@ -714,273 +614,10 @@ impl MutEventSubscriber for Net {
             other => debug!("virtio-net: unexpected event {other}"),
         }
         self.process_rx();
+        self.check_link();
         self.reconcile(ops);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use virtio_queue::Queue;
-    use vm_memory::GuestAddress;
-
-    use super::*;
-    use crate::test_utils::TestQueue;
-    use crate::test_utils::{
-        activation, add_chain, guest_memory, used_entry, DatagramBackend, MockInterrupt, TestDesc,
-    };
-
-    fn frame(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
-    }
-
-    struct Fixture<'m> {
-        net: Net,
-        peer: UnixDatagram,
-        rx: TestQueue<'m>,
-        tx: TestQueue<'m>,
-        mem: &'m Arc<GuestMemoryMmap>,
-    }
-
-    fn fixture(mem: &Arc<GuestMemoryMmap>) -> Fixture<'_> {
-        let (dev_end, peer) = UnixDatagram::pair().unwrap();
-        peer.set_nonblocking(true).unwrap();
-        let mut net = Net::builder(Box::new(dev_end))
-            .mac([2, 0, 0, 0, 0, 1])
-            .build()
-            .unwrap();
-        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 16);
-        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
-        let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue()];
-        net.activate(activation(mem, queues, Arc::new(MockInterrupt::new()), 0))
-            .unwrap();
-        Fixture {
-            net,
-            peer,
-            rx,
-            tx,
-            mem,
-        }
-    }
-
-    #[test]
-    fn mac_is_in_config_space() {
-        let mem = Arc::new(guest_memory(1 << 20));
-        let f = fixture(&mem);
-        let mut mac = [0u8; 6];
-        f.net.read_config(0, &mut mac);
-        assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
-        assert_ne!(f.net.features() & (1 << VIRTIO_NET_F_MAC), 0);
-    }
-
-    #[test]
-    fn guest_frames_reach_the_backend_and_oversized_are_dropped() {
-        let mem = Arc::new(guest_memory(1 << 20));
-        let mut f = fixture(&mem);
-        let full = frame(MAX_FRAME_LEN, 1);
-        f.mem
-            .write_slice(&[0u8; NET_HDR_LEN], GuestAddress(0x10000))
-            .unwrap();
-        f.mem.write_slice(&full, GuestAddress(0x20000)).unwrap();
-        // Largest frame, header in its own buffer.
-        add_chain(
-            &f.tx,
-            0,
-            &[
-                TestDesc::read(0x10000, NET_HDR_LEN as u32),
-                TestDesc::read(0x20000, MAX_FRAME_LEN as u32),
-            ],
-        );
-        // One byte too long.
-        add_chain(
-            &f.tx,
-            2,
-            &[
-                TestDesc::read(0x10000, NET_HDR_LEN as u32),
-                TestDesc::read(0x20000, MAX_FRAME_LEN as u32 + 1),
-            ],
-        );
-        // Huge, runt, writable, outside memory.
-        add_chain(&f.tx, 4, &[TestDesc::read(0x10000, u32::MAX)]);
-        add_chain(&f.tx, 5, &[TestDesc::read(0x10000, 20)]);
-        add_chain(&f.tx, 6, &[TestDesc::write(0x10000, 100)]);
-        add_chain(&f.tx, 7, &[TestDesc::read(u64::MAX - 50, 100)]);
-        f.net.process_tx();
-        let mut buf = vec![0u8; 4096];
-        let n = f.peer.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &full[..]);
-        assert!(f.peer.recv(&mut buf).is_err());
-        let s = f.net.stats();
-        assert_eq!((s.tx_frames, s.tx_oversized, s.tx_malformed), (1, 2, 3));
-        assert_eq!(f.tx.used_idx(), 6);
-    }
-
-    #[test]
-    fn backend_frames_reach_the_guest_and_oversized_are_dropped() {
-        let mem = Arc::new(guest_memory(1 << 20));
-        let mut f = fixture(&mem);
-        let big = frame(MAX_FRAME_LEN + 1, 0);
-        let a = frame(MAX_FRAME_LEN, 3);
-        let b = frame(60, 9);
-        f.peer.send(&big).unwrap();
-        f.peer.send(&a).unwrap();
-        f.peer.send(&b).unwrap();
-        // No buffers yet: the frame waits.
-        f.net.process_rx();
-        assert_eq!(f.net.stats().rx_frames, 0);
-        add_chain(
-            &f.rx,
-            0,
-            &[TestDesc::write(0x10000, 12), TestDesc::write(0x20000, 2048)],
-        );
-        // Too small for the next frame.
-        add_chain(&f.rx, 2, &[TestDesc::write(0x30000, 40)]);
-        f.net.process_rx();
-        assert_eq!(
-            used_entry(&f.rx, 0),
-            Some((0, (NET_HDR_LEN + a.len()) as u32))
-        );
-        assert_eq!(used_entry(&f.rx, 1), Some((2, 0)));
-        let mut got = vec![0u8; a.len()];
-        f.mem.read_slice(&mut got, GuestAddress(0x20000)).unwrap();
-        assert_eq!(got, a);
-        let s = f.net.stats();
-        assert_eq!((s.rx_frames, s.rx_oversized, s.rx_no_room), (1, 1, 1));
-        // Header and frame in one buffer.
-        f.peer.send(&b).unwrap();
-        add_chain(&f.rx, 3, &[TestDesc::write(0x40000, 2048)]);
-        f.net.backend_readable = true;
-        f.net.process_rx();
-        assert_eq!(
-            used_entry(&f.rx, 2),
-            Some((3, (NET_HDR_LEN + b.len()) as u32))
-        );
-        let mut got = vec![0u8; NET_HDR_LEN + b.len()];
-        f.mem.read_slice(&mut got, GuestAddress(0x40000)).unwrap();
-        assert_eq!(got[10], 1);
-        assert_eq!(&got[NET_HDR_LEN..], &b[..]);
-    }
-
-    /// A TCPv4 segmentation header: needs checksum, gso size 1448.
-    fn gso_header() -> [u8; NET_HDR_LEN] {
-        let mut h = [0u8; NET_HDR_LEN];
-        h[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
-        h[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
-        h[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
-        h[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
-        h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
-        h[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
-        h
-    }
-
-    #[test]
-    fn offloads_pass_headers_and_64k_segments_both_ways() {
-        let mem = Arc::new(guest_memory(1 << 20));
-        let (dev_end, peer) = UnixDatagram::pair().unwrap();
-        peer.set_nonblocking(true).unwrap();
-        let told = Arc::new(std::sync::Mutex::new(None));
-        let mut net = Net::builder(Box::new(DatagramBackend {
-            socket: dev_end,
-            vnet_hdr: true,
-            offloads: told.clone(),
-        }))
-        .build()
-        .unwrap();
-        assert_eq!(net.features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
-        // Room for a chain of 17 descriptors.
-        let rx = TestQueue::create(mem.as_ref(), GuestAddress(0), 32);
-        let tx = TestQueue::create(mem.as_ref(), GuestAddress(0x4000), 16);
-        let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue()];
-        let acked = device::VERSION_1 | OFFLOAD_FEATURES;
-        net.activate(activation(
-            &mem,
-            queues,
-            Arc::new(MockInterrupt::new()),
-            acked,
-        ))
-        .unwrap();
-        assert_eq!(*told.lock().unwrap(), Some(acked));
-
-        // Guest to backend: the header goes along, a 60000-byte segment too.
-        let seg = frame(60_000, 5);
-        mem.write_slice(&gso_header(), GuestAddress(0x10000))
-            .unwrap();
-        mem.write_slice(&seg, GuestAddress(0x20000)).unwrap();
-        add_chain(
-            &tx,
-            0,
-            &[
-                TestDesc::read(0x10000, NET_HDR_LEN as u32),
-                TestDesc::read(0x20000, seg.len() as u32),
-            ],
-        );
-        // One byte more than the largest segment.
-        add_chain(
-            &tx,
-            2,
-            &[
-                TestDesc::read(0x10000, NET_HDR_LEN as u32),
-                TestDesc::read(0x20000, MAX_GSO_FRAME_LEN as u32 + 1),
-            ],
-        );
-        net.process_tx();
-        let mut buf = vec![0u8; 70_000];
-        let n = peer.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..NET_HDR_LEN], &gso_header());
-        assert_eq!(&buf[NET_HDR_LEN..n], &seg[..]);
-        assert!(peer.recv(&mut buf).is_err());
-        assert_eq!((net.stats().tx_frames, net.stats().tx_oversized), (1, 1));
-
-        // Backend to guest: a runt, an oversized segment, then a 65000-byte
-        // one into a chain of pages; its header arrives with num_buffers 1.
-        let big = frame(65_000, 7);
-        peer.send(&[0u8; 5]).unwrap();
-        let mut too_big = gso_header().to_vec();
-        too_big.extend(frame(MAX_GSO_FRAME_LEN + 1, 0));
-        peer.send(&too_big).unwrap();
-        let mut msg = gso_header().to_vec();
-        msg.extend(&big);
-        peer.send(&msg).unwrap();
-        let mut descs = vec![TestDesc::write(0x10000, NET_HDR_LEN as u32)];
-        descs.extend((0..16).map(|i| TestDesc::write(0x40000 + i * 0x1000, 0x1000)));
-        add_chain(&rx, 0, &descs);
-        net.process_rx();
-        assert_eq!(
-            used_entry(&rx, 0),
-            Some((0, (NET_HDR_LEN + big.len()) as u32))
-        );
-        let mut hdr = [0u8; NET_HDR_LEN];
-        mem.read_slice(&mut hdr, GuestAddress(0x10000)).unwrap();
-        let mut want = gso_header();
-        want[10] = 1;
-        assert_eq!(hdr, want);
-        let mut got = vec![0u8; big.len()];
-        mem.read_slice(&mut got, GuestAddress(0x40000)).unwrap();
-        assert_eq!(got, big);
-        let s = net.stats();
-        assert_eq!((s.rx_frames, s.rx_oversized), (1, 2));
-    }
-
-    #[test]
-    fn tap_device_when_available() {
-        // Creating a tap needs CAP_NET_ADMIN and /dev/net/tun.
-        match Tap::open("hcvtest%d") {
-            Ok(tap) => {
-                assert!(tap.name().starts_with("hcvtest"));
-                assert!(tap.vnet_hdr());
-                let net = Net::builder(Box::new(tap)).build().unwrap();
-                assert_eq!(net.device_type(), device_type::NET);
-            }
-            Err(Error::Tap { source, .. }) => {
-                eprintln!("tap unavailable here: {source}");
-            }
-            Err(e) => panic!("unexpected error: {e}"),
-        }
-        assert!(matches!(Tap::open(""), Err(Error::InterfaceName(_))));
-        assert!(matches!(
-            Tap::open("a-name-that-is-too-long"),
-            Err(Error::InterfaceName(_))
-        ));
-    }
-}
+mod tests;
