@@ -57,6 +57,8 @@
 //! two sums per boot are compared the same way: `metadata_3000` (untar,
 //! find and stat: the metadata job) and `walk_3000` (find and stat, what
 //! the EROFS reference runs too).
+//! `HYPERCONTAINER_BENCH_FS_PEERS` lists the peers to run beside ours
+//! (default `virtiofsd,erofs,9p`: all of them, when installed).
 //! `HYPERCONTAINER_BENCH_FS_ROUNDS=N` sets the rounds (default 4), after
 //! one unmeasured boot of the first setup (the first VM in a fresh
 //! emulated host is not representative; the share lives in the emulated
@@ -273,6 +275,12 @@ fn benches(_c: &mut Criterion) {
     }
     if qemu {
         setups.push(Setup::NineP);
+    }
+    // `HYPERCONTAINER_BENCH_FS_PEERS=virtiofsd,erofs,9p` (the default):
+    // the peers to run beside ours.
+    if let Ok(peers) = std::env::var("HYPERCONTAINER_BENCH_FS_PEERS") {
+        let wanted: Vec<&str> = peers.split(',').map(str::trim).collect();
+        setups.retain(|s| *s == Setup::Ours || wanted.contains(&s.name()));
     }
     let rounds: u32 = std::env::var("HYPERCONTAINER_BENCH_FS_ROUNDS")
         .ok()
