@@ -3,7 +3,7 @@
 //! its console, job by job, until it powers off or falls silent.
 
 use super::*;
-use crate::emulator::{emulator_state, read_lines, KillOnDrop};
+use crate::emulator::{emulator_state, read_lines, Heartbeat, KillOnDrop, Silence};
 
 impl TestHost {
     /// Packs the emulated host's initramfs into `out` and returns the init
@@ -195,17 +195,14 @@ impl TestHost {
         };
         let deadline = start + self.timeout;
         let mut timed_out: Option<usize> = None;
-        // Set once the heartbeat runs (after /dev/kvm is ready).
-        let mut last_beat: Option<Instant> = None;
-        // What a silent emulated host looked like before a line was typed
-        // on its console to wake it.
-        let mut kicked: Option<String> = None;
+        // Watched once the heartbeat runs (after /dev/kvm is ready).
+        let mut heartbeat = Heartbeat::new(HOST_SILENCE);
+        // What a silent emulated host looked like when the first line was
+        // typed on its console.
+        let mut first_state: Option<String> = None;
         loop {
             let now = Instant::now();
-            let mut wake = deadline;
-            if let Some(b) = last_beat {
-                wake = wake.min(b + HOST_SILENCE);
-            }
+            let wake = heartbeat.next_check().map_or(deadline, |c| c.min(deadline));
             let left = wake.saturating_duration_since(now);
             let (_, line) = match rx.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(l) => l,
@@ -216,42 +213,40 @@ impl TestHost {
                         after: self.timeout,
                     })
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let silent = last_beat.map(|b| b.elapsed()).unwrap_or_default();
-                    if silent < HOST_SILENCE {
+                Err(mpsc::RecvTimeoutError::Timeout) => match heartbeat.check(Instant::now()) {
+                    Silence::Wait => continue,
+                    Silence::Kick { silent, first } => {
+                        // See `Heartbeat`: an idle host whose timer
+                        // interrupt was lost wakes on console input.
+                        if first {
+                            let state = emulator_state(child.0.id(), &monitor);
+                            self.echo(&format!(
+                                "--- no heartbeat for {silent:.0?} ({state}); typing a line on the console"
+                            ));
+                            first_state = Some(state);
+                        }
+                        if let Some(i) = stdin.as_mut() {
+                            let _ = i.write_all(b"\n").and_then(|()| i.flush());
+                        }
                         continue;
                     }
-                    let state = emulator_state(child.0.id(), &monitor);
-                    // An idle emulated host whose timer interrupt was lost
-                    // sleeps until some other interrupt comes: a line on
-                    // its serial console is one. Try that once.
-                    if kicked.is_none() {
-                        self.echo(&format!(
-                            "--- no heartbeat for {silent:.0?} ({state}); typing a line on the console"
-                        ));
-                        let typed = stdin
-                            .as_mut()
-                            .map(|i| i.write_all(b"\n").and_then(|()| i.flush()));
-                        if matches!(typed, Some(Ok(()))) {
-                            kicked = Some(state);
-                            last_beat = Instant::now().checked_sub(HOST_SILENCE - KICK_GRACE);
-                            continue;
-                        }
+                    Silence::GiveUp { silent } => {
+                        let now = emulator_state(child.0.id(), &monitor);
+                        let state = match first_state.take() {
+                            Some(first) => format!(
+                                "{first}; lines typed on its console did not wake it; at the end: {now}"
+                            ),
+                            None => now,
+                        };
+                        return Err(Error::HostUnresponsive {
+                            during: during(&current, &results, host_boot),
+                            silent,
+                            state,
+                            tail: tail.join("\n"),
+                            completed: results,
+                        });
                     }
-                    let state = match kicked.take() {
-                        Some(first) => format!(
-                            "{first}; still silent {KICK_GRACE:?} after a line was typed on its console: {state}"
-                        ),
-                        None => state,
-                    };
-                    return Err(Error::HostUnresponsive {
-                        during: during(&current, &results, host_boot),
-                        silent,
-                        state,
-                        tail: tail.join("\n"),
-                        completed: results,
-                    });
-                }
+                },
             };
             for ev in script::classify(&token, &line) {
                 match ev {
@@ -287,15 +282,15 @@ impl TestHost {
                     }
                     script::Event::KvmReady => {
                         kvm_setup = host_boot.map(|b| spawned.elapsed().saturating_sub(b));
-                        last_beat = Some(Instant::now());
+                        heartbeat.beat(Instant::now());
                         self.echo("--- /dev/kvm ready");
                     }
                     script::Event::Tick => {
-                        last_beat = Some(Instant::now());
-                        if kicked.take().is_some() {
-                            self.echo(
-                                "--- the emulated host woke up when a line was typed on its console",
-                            );
+                        if let Some(silent) = heartbeat.beat(Instant::now()) {
+                            first_state = None;
+                            self.echo(&format!(
+                                "--- the emulated host woke up when a line was typed on its console ({silent:.0?} without a heartbeat)"
+                            ));
                         }
                     }
                     script::Event::Begin(i) if i < self.jobs.len() => {

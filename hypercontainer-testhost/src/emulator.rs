@@ -129,3 +129,148 @@ fn monitor_command(monitor: &Path, command: &str) -> std::io::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// What the run loop does when its wait for a console line times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Silence {
+    /// Nothing yet: wait on.
+    Wait,
+    /// Type a line on the console; `first` when this silence had none yet.
+    Kick {
+        /// How long the heartbeat has been missing.
+        silent: Duration,
+        /// The first line typed during this silence.
+        first: bool,
+    },
+    /// The host is locked up.
+    GiveUp {
+        /// How long the heartbeat has been missing.
+        silent: Duration,
+    },
+}
+
+/// The emulated host's heartbeat, watched.
+///
+/// QEMU's TCG sometimes leaves the emulated host halted with its timer
+/// interrupt pending: the local APIC shows the vector in IRR, none in ISR,
+/// interrupts enabled, and the CPU never wakes (seen with QEMU 7.2 while
+/// the nested guests run, more often on a loaded machine). Any other
+/// interrupt, such as a byte arriving on the serial console, wakes it, and
+/// the pending timer interrupt is taken with it. So after
+/// [`Heartbeat::KICK_AFTER`] without a heartbeat a line is typed on the
+/// console, again every `KICK_AFTER`, and only `give_up_after` without a
+/// heartbeat counts as a lockup.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    give_up_after: Duration,
+    last: Option<Instant>,
+    kicked: Option<Instant>,
+    /// Silences that ended after lines were typed.
+    pub(crate) woken: u32,
+}
+
+impl Heartbeat {
+    /// Missing heartbeats (of [`crate::script::HEARTBEAT_SECS`]) before a
+    /// line is typed.
+    pub(crate) const KICK_AFTER: Duration = Duration::from_secs(15);
+
+    /// A watch that gives up after `give_up_after` of silence; it starts
+    /// with the first [`Heartbeat::beat`].
+    pub(crate) fn new(give_up_after: Duration) -> Self {
+        Self {
+            give_up_after,
+            last: None,
+            kicked: None,
+            woken: 0,
+        }
+    }
+
+    /// A heartbeat arrived at `now`; answers how long the host had been
+    /// silent when lines typed on its console woke it.
+    pub(crate) fn beat(&mut self, now: Instant) -> Option<Duration> {
+        let woke = self
+            .kicked
+            .take()
+            .and(self.last)
+            .map(|l| now.saturating_duration_since(l));
+        self.woken += u32::from(woke.is_some());
+        self.last = Some(now);
+        woke
+    }
+
+    /// When [`Heartbeat::check`] has something to do next, if watching.
+    pub(crate) fn next_check(&self) -> Option<Instant> {
+        let last = self.last?;
+        let kick = self.kicked.unwrap_or(last) + Self::KICK_AFTER;
+        Some(kick.min(last + self.give_up_after))
+    }
+
+    /// What to do at `now`, a wait having timed out.
+    pub(crate) fn check(&mut self, now: Instant) -> Silence {
+        let Some(last) = self.last else {
+            return Silence::Wait;
+        };
+        let silent = now.saturating_duration_since(last);
+        if silent >= self.give_up_after {
+            return Silence::GiveUp { silent };
+        }
+        let since_kick = self.kicked.map(|k| now.saturating_duration_since(k));
+        if silent < Self::KICK_AFTER || since_kick.is_some_and(|d| d < Self::KICK_AFTER) {
+            return Silence::Wait;
+        }
+        let first = self.kicked.is_none();
+        self.kicked = Some(now);
+        Silence::Kick { silent, first }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_kicked_every_interval_and_given_up_at_the_limit() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = Heartbeat::new(Duration::from_secs(60));
+        assert_eq!(
+            h.check(at(100)),
+            Silence::Wait,
+            "not watching before a beat"
+        );
+        assert_eq!(h.next_check(), None);
+        assert_eq!(h.beat(at(0)), None);
+        assert_eq!(h.next_check(), Some(at(15)));
+        assert_eq!(h.check(at(10)), Silence::Wait);
+        let kick = |s, first| Silence::Kick {
+            silent: Duration::from_secs(s),
+            first,
+        };
+        assert_eq!(h.check(at(15)), kick(15, true));
+        assert_eq!(h.next_check(), Some(at(30)));
+        assert_eq!(h.check(at(20)), Silence::Wait);
+        assert_eq!(h.check(at(30)), kick(30, false));
+        assert_eq!(h.check(at(45)), kick(45, false));
+        assert_eq!(h.next_check(), Some(at(60)));
+        assert_eq!(
+            h.check(at(60)),
+            Silence::GiveUp {
+                silent: Duration::from_secs(60)
+            }
+        );
+    }
+
+    #[test]
+    fn a_beat_after_a_kick_counts_as_woken() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = Heartbeat::new(Duration::from_secs(60));
+        h.beat(at(0));
+        assert_eq!(h.beat(at(5)), None, "an ordinary beat");
+        assert!(matches!(h.check(at(20)), Silence::Kick { first: true, .. }));
+        assert_eq!(h.beat(at(21)), Some(Duration::from_secs(16)));
+        assert_eq!(h.woken, 1);
+        assert_eq!(h.next_check(), Some(at(36)));
+        assert!(matches!(h.check(at(36)), Silence::Kick { first: true, .. }));
+    }
+}

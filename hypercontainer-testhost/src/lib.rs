@@ -87,10 +87,6 @@ pub const MODE_ENV: &str = "HYPERCONTAINER_TESTHOST";
 /// ([`script::HEARTBEAT_SECS`]) before it counts as locked up.
 const HOST_SILENCE: Duration = Duration::from_secs(60);
 
-/// How long a silent emulated host has to wake up once a line is typed on
-/// its console (see [`TestHost::run`]'s lockup handling).
-const KICK_GRACE: Duration = Duration::from_secs(20);
-
 /// x86 firmware QEMU may load from its data directory.
 const QEMU_FIRMWARE: &[&str] = &[
     "bios-microvm.bin",

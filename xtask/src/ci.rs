@@ -219,7 +219,8 @@ pub fn cmd() -> Result<()> {
         )
     });
     t.stage("unit, host and KVM plumbing tests", |_| {
-        tests(cargo().args(["test", "--workspace"]))
+        // Every test binary runs, so that all failures are counted.
+        tests(cargo().args(["test", "--workspace", "--no-fail-fast"]))
     });
 
     match (kernel.as_ref(), mode) {

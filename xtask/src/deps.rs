@@ -37,6 +37,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "passt",
     "iproute2",
     "containernetworking-plugins",
+    // HTTPS to crates.io for the fuzz workspace (which has no lock file of
+    // its own) and to the registries; a bare Debian has no CA bundle
+    "ca-certificates",
 ];
 
 /// Packages of `wanted` that dpkg does not report as installed.
