@@ -71,15 +71,15 @@ fn image_ref() -> ImageRef {
 fn workload(sink_port: u16, mib: u64) -> String {
     format!(
         "mkdir -p /tmp/www && echo hello > /tmp/www/index.html && httpd -p 80 -h /tmp/www && \
-         echo ready && dd if=/dev/zero bs=64k count={} 2>/dev/null | nc 10.0.2.2 {sink_port}; \
-         echo done",
+         echo ready && dd if=/dev/zero bs=64k count={} 2>/dev/null | nc 10.0.2.2 {sink_port} 2>&1; \
+         echo \"done: nc exited $?\"",
         mib * 16
     )
 }
 
 /// A sink that accepts one connection and times it: (bytes, first byte
 /// to end of stream).
-fn sink() -> (u16, std::thread::JoinHandle<(u64, Duration)>) {
+fn sink() -> (u16, std::thread::JoinHandle<Sunk>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = std::thread::spawn(move || {
@@ -88,15 +88,32 @@ fn sink() -> (u16, std::thread::JoinHandle<(u64, Duration)>) {
         let n = c.read(&mut buf).unwrap() as u64;
         let t0 = Instant::now();
         let mut total = n;
+        let mut error = None;
         loop {
             match c.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
                 Ok(n) => total += n as u64,
             }
         }
-        (total, t0.elapsed())
+        Sunk {
+            bytes: total,
+            time: t0.elapsed(),
+            error,
+        }
     });
     (port, t)
+}
+
+/// What the sink received: bytes, the time from the first to the last,
+/// and the error that ended the stream, if not its end.
+struct Sunk {
+    bytes: u64,
+    time: Duration,
+    error: Option<std::io::Error>,
 }
 
 /// The median of `requests` sequential GETs to `addr`, after one that
@@ -151,13 +168,22 @@ fn run_sandbox(mib: u64, requests: u64) -> Run {
         ])
         .start()
         .expect("start the sandbox");
-    let (bytes, t) = sink.join().unwrap();
-    assert_eq!(bytes, mib << 20, "the sink got everything");
+    let got = sink.join().unwrap();
     let mut out = BufReader::new(s.stdout().unwrap());
-    let mut line = String::new();
-    while out.read_line(&mut line).unwrap() > 0 && !line.contains("done") {}
+    let mut text = String::new();
+    while out.read_line(&mut text).unwrap() > 0 && !text.contains("done") {}
+    assert_eq!(
+        got.bytes,
+        mib << 20,
+        "the sink got {} bytes (ended by {:?}); the sandbox's network: {:?}; its output: {text}\n\
+         passt's debug log: {}",
+        got.bytes,
+        got.error,
+        s.network_error(),
+        passt_debug_tail()
+    );
     let lat = latency(s.ports()[0].host, requests);
-    (mib_per_s(bytes, t), lat)
+    (mib_per_s(got.bytes, got.time), lat)
 }
 
 fn pack_initramfs(path: &std::path::Path, sink_port: u16, mib: u64) {
@@ -218,13 +244,19 @@ fn run_qemu(mib: u64, requests: u64) -> Run {
     .stdout(Stdio::null())
     .spawn()
     .expect("start QEMU");
-    let (bytes, t) = sink.join().unwrap();
-    assert_eq!(bytes, mib << 20, "the sink got everything");
+    let got = sink.join().unwrap();
+    assert_eq!(
+        got.bytes,
+        mib << 20,
+        "QEMU's sink got {} bytes (ended by {:?})",
+        got.bytes,
+        got.error
+    );
     let lat = latency(SocketAddr::from(([127, 0, 0, 1], fwd_port)), requests);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    (mib_per_s(bytes, t), lat)
+    (mib_per_s(got.bytes, got.time), lat)
 }
 
 /// Loopback up, and an uplink for passt where the host has none.
@@ -260,6 +292,36 @@ fn prepare_host() {
     ]);
 }
 
+/// Where passt's debug log goes with `HYPERCONTAINER_BENCH_NET_PASST_DEBUG`.
+const PASST_DEBUG_LOG: &str = "/tmp/hc-bench-passt-debug.log";
+
+/// With `HYPERCONTAINER_BENCH_NET_PASST_DEBUG` set, the sandboxes run passt
+/// through a wrapper that turns its debug output on (into
+/// [`PASST_DEBUG_LOG`]), to find out why a connection ended.
+fn debug_passt() {
+    if std::env::var_os("HYPERCONTAINER_BENCH_NET_PASST_DEBUG").is_none() {
+        return;
+    }
+    let real = hypercontainer::network::passt_binary().expect("passt");
+    let wrapper = std::env::temp_dir().join("hc-bench-passt-debug");
+    let script = format!(
+        "#!/bin/sh\nargs=\"\"\nfor a; do [ \"$a\" = -q ] || args=\"$args '$a'\"; done\n\
+         eval exec '{}' $args -d 2>>{PASST_DEBUG_LOG}\n",
+        real.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::env::set_var(hypercontainer::network::PASST_ENV, &wrapper);
+}
+
+/// The end of passt's debug log, when it is kept.
+fn passt_debug_tail() -> String {
+    let log = std::fs::read_to_string(PASST_DEBUG_LOG).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     v[v.len() / 2]
@@ -273,6 +335,7 @@ fn main() {
         return;
     }
     prepare_host();
+    debug_passt();
     // `cargo bench` passes `--bench`; nothing else is taken.
     let pairs = env_num("HYPERCONTAINER_NET_PAIRS", 3).max(1);
     let mib = env_num("HYPERCONTAINER_BENCH_NET_MIB", 32).max(1);
