@@ -1,17 +1,20 @@
 //! The agent's event loop: one connection to the host, the processes of the
-//! container and their stdio, and SIGCHLD; all on one thread with `poll`.
+//! pod's containers and their stdio, and SIGCHLD; all on one thread with
+//! `poll`. The pod's containers and their lifecycle are in [`pod`].
 
-use std::collections::HashSet;
+mod pod;
+
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use hypercontainer_protocol::{
-    codec, BootStage, ErrorKind, FrameDecoder, Hello, Interface, Message, Process, ProcessId,
-    Start, AGENT_OUTPUT_QUEUE, MAX_DATA_CHUNK, STDIN_WINDOW,
+    codec, BootStage, ContainerId, ErrorKind, FrameDecoder, Hello, Message, ProcessId,
+    AGENT_OUTPUT_QUEUE, MAX_DATA_CHUNK, STDIN_WINDOW,
 };
 
-use crate::container::{cgroups, Container};
-use crate::{spawn, sys};
+use crate::container::cgroups;
+use crate::sys;
 
 /// How the agent was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +28,8 @@ pub enum Mode {
 /// Why the agent stopped serving.
 #[derive(Debug)]
 pub enum End {
-    /// The main process ended (or never started).
+    /// The pod ended: the main process of the container that ends it
+    /// ended (or never started), or the host asked for a shutdown.
     MainExited,
     /// The connection failed or the host broke the protocol.
     Connection(String),
@@ -34,6 +38,8 @@ pub enum End {
 struct Proc {
     id: ProcessId,
     pid: libc::pid_t,
+    container: ContainerId,
+    /// The main process of its container.
     main: bool,
     stdin: Option<OwnedFd>,
     stdin_buf: Vec<u8>,
@@ -52,14 +58,22 @@ pub struct Agent {
     out_pos: usize,
     sigchld: OwnedFd,
     hello: bool,
-    /// The container, once started (one per VM for now).
-    container: Option<Container>,
+    /// The pod's settings, once set up.
+    pod: pod::PodState,
+    /// The containers, by id.
+    containers: BTreeMap<ContainerId, pod::Slot>,
+    used_containers: HashSet<ContainerId>,
     /// The cgroup v2 hierarchy containers are limited in (a VM's own).
     cgroups: Option<cgroups::Hierarchy>,
     procs: Vec<Proc>,
     used_ids: HashSet<ProcessId>,
+    /// The main process whose end ends the pod, and its status once it
+    /// ended (reported last, by `finish`).
     main_id: Option<ProcessId>,
+    main_container: Option<ContainerId>,
     main_status: Option<i32>,
+    /// The host asked for the pod's end.
+    shutdown: bool,
     mode: Mode,
 }
 
@@ -96,12 +110,16 @@ impl Agent {
             out_pos: 0,
             sigchld: sys::sigchld_fd()?,
             hello: false,
-            container: None,
+            pod: pod::PodState::default(),
+            containers: BTreeMap::new(),
+            used_containers: HashSet::new(),
             cgroups,
             procs: Vec::new(),
             used_ids: HashSet::new(),
             main_id: None,
+            main_container: None,
             main_status: None,
+            shutdown: false,
             mode,
         })
     }
@@ -197,7 +215,7 @@ impl Agent {
     pub fn run(&mut self) -> End {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            if self.main_status.is_some() {
+            if self.main_status.is_some() || self.shutdown {
                 return End::MainExited;
             }
             // Build the poll set: [conn, sigchld, per process: stdout, stderr, stdin].
@@ -294,7 +312,7 @@ impl Agent {
                 }
             };
             self.handle(msg)?;
-            if self.main_status.is_some() {
+            if self.main_status.is_some() || self.shutdown {
                 return Ok(());
             }
         }
@@ -312,21 +330,22 @@ impl Agent {
                     self.hello = true;
                     Ok(())
                 }
-                other => self.protocol_error(format!(
-                    "expected Hello, got message type {:#04x}",
-                    other.type_code()
-                )),
+                other => self.protocol_error(format!("expected Hello, got {}", other.name())),
             };
         }
         if !msg.is_host_to_guest() || matches!(msg, Message::Hello(_)) {
-            return self.protocol_error(format!(
-                "unexpected message type {:#04x} from the host",
-                msg.type_code()
-            ));
+            return self.protocol_error(format!("unexpected {} from the host", msg.name()));
         }
         match msg {
-            Message::Start(start) => self.start(*start),
-            Message::Exec { id, process } => self.exec(id, &process),
+            Message::Setup(setup) => self.setup(*setup),
+            Message::Create(create) => self.create(*create),
+            Message::Exec {
+                id,
+                container,
+                process,
+            } => self.exec(id, container, &process),
+            Message::Remove { container } => self.remove(container),
+            Message::Shutdown => self.shutdown = true,
             Message::Stdin { id, data } => return self.stdin(id, data),
             Message::CloseStdin { id } => {
                 if let Some(i) = self.lookup(id) {
@@ -366,10 +385,7 @@ impl Agent {
             }
             other => {
                 // Filtered by direction above; never trust that here.
-                return self.protocol_error(format!(
-                    "unexpected message type {:#04x} from the host",
-                    other.type_code()
-                ));
+                return self.protocol_error(format!("unexpected {} from the host", other.name()));
             }
         }
         Ok(())
@@ -399,148 +415,6 @@ impl Agent {
             return false;
         }
         true
-    }
-
-    fn fail_start(&mut self, id: ProcessId, main: bool, kind: ErrorKind, message: String) {
-        self.send_error(Some(id), kind, message);
-        let status = kind.exit_status();
-        if main {
-            // Reported last, by `finish`.
-            self.main_status = Some(status);
-        } else {
-            self.send(&Message::Exited {
-                id,
-                status,
-                oom_killed: false,
-            });
-        }
-    }
-
-    fn start(&mut self, s: Start) {
-        if self.container.is_some() || self.main_id.is_some() {
-            self.send_error(
-                None,
-                ErrorKind::InvalidRequest,
-                "the container is already started",
-            );
-            return;
-        }
-        if !self.claim_id(s.id) {
-            return;
-        }
-        self.main_id = Some(s.id);
-        crate::trace::trace!("start request received");
-        self.send(&Message::BootStage {
-            stage: BootStage::StartReceived,
-            boottime_ns: sys::boottime_ns(),
-        });
-        if let Err((kind, msg)) = self.configure_network(&s.network) {
-            self.fail_start(s.id, true, kind, msg);
-            return;
-        }
-        let container = match Container::create(&s, self.cgroups.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                self.fail_start(s.id, true, ErrorKind::Rootfs, error_chain(&e));
-                return;
-            }
-        };
-        crate::trace::trace!("root filesystem ready");
-        self.send(&Message::BootStage {
-            stage: BootStage::RootfsReady,
-            boottime_ns: sys::boottime_ns(),
-        });
-        let spawned = spawn::spawn(
-            &s.process,
-            &container.init_entry(),
-            container.confinement(),
-            container.root(),
-        );
-        let container = self.container.insert(container);
-        if let Ok(sp) = &spawned {
-            if let Err(e) = container.started(sp.pid) {
-                // Execs will fail; the main process runs on.
-                eprintln!("hypercontainer-agent: {}", error_chain(&e));
-            }
-        }
-        self.spawned(s.id, spawned, true);
-    }
-
-    /// In a VM: loopback up, then the requested interfaces. A host-tier
-    /// agent shares the host's network and refuses to touch it.
-    fn configure_network(&self, ifaces: &[Interface]) -> Result<(), (ErrorKind, String)> {
-        match self.mode {
-            Mode::Vm => crate::net::configure(ifaces)
-                .map_err(|e| (ErrorKind::Network, format!("configuring the network: {e}"))),
-            Mode::Host if ifaces.is_empty() => Ok(()),
-            Mode::Host => Err((
-                ErrorKind::InvalidRequest,
-                "network interfaces can only be configured in a VM".into(),
-            )),
-        }
-    }
-
-    fn exec(&mut self, id: ProcessId, p: &Process) {
-        if !self.claim_id(id) {
-            return;
-        }
-        let Some(container) = &self.container else {
-            self.fail_start(
-                id,
-                false,
-                ErrorKind::InvalidRequest,
-                "exec before the container is started".into(),
-            );
-            return;
-        };
-        let Some(entry) = container.exec_entry() else {
-            self.fail_start(
-                id,
-                false,
-                ErrorKind::InvalidRequest,
-                "exec: the container's main process is not running".into(),
-            );
-            return;
-        };
-        let r = spawn::spawn(
-            p,
-            &entry,
-            container.confinement(),
-            &container.process_root(),
-        );
-        self.spawned(id, r, false);
-    }
-
-    fn spawned(&mut self, id: ProcessId, r: spawn::Result<spawn::Spawned>, main: bool) {
-        match r {
-            Ok(s) => {
-                crate::trace::trace!("process {id} started (pid {})", s.pid);
-                if main {
-                    self.send(&Message::BootStage {
-                        stage: BootStage::ProcessExec,
-                        boottime_ns: s.exec_ns,
-                    });
-                }
-                self.send(&Message::Started {
-                    id,
-                    pid: s.pid as u32,
-                });
-                self.procs.push(Proc {
-                    id,
-                    pid: s.pid,
-                    main,
-                    stdin: Some(s.stdin),
-                    stdin_buf: Vec::new(),
-                    stdin_closing: false,
-                    stdout: Some(s.stdout),
-                    stderr: s.stderr,
-                    pty: s.pty,
-                    status: None,
-                });
-                // It may have exited already; its SIGCHLD is pending.
-            }
-            Err(e) => self.fail_start(id, main, e.kind, e.message),
-        }
     }
 
     fn stdin(&mut self, id: ProcessId, data: Vec<u8>) -> Result<(), String> {
@@ -647,78 +521,6 @@ impl Agent {
             };
             self.send(&m);
         }
-    }
-
-    /// Reaps every exited child; reports the exits of our processes after
-    /// their remaining output.
-    fn reap(&mut self) {
-        while let sys::Wait::Exited(pid, status) = sys::waitpid(-1, libc::WNOHANG) {
-            self.set_status(pid, status);
-            // Anything else was an orphan (we are PID 1 or a subreaper).
-        }
-        let mut buf = vec![0u8; MAX_DATA_CHUNK];
-        let mut i = 0;
-        while i < self.procs.len() {
-            let Some(status) = self.procs[i].status else {
-                i += 1;
-                continue;
-            };
-            self.read_output(i, false, &mut buf, true);
-            self.read_output(i, true, &mut buf, true);
-            let p = self.procs.remove(i);
-            if p.main {
-                // Reported last, by `finish`.
-                self.main_status = Some(status);
-            } else {
-                let oom_killed = self.oom_killed(status);
-                self.send(&Message::Exited {
-                    id: p.id,
-                    status,
-                    oom_killed,
-                });
-            }
-        }
-    }
-
-    /// Ends the sandbox: kills every process left, reaps them, reports
-    /// their exits and then the main process's (if it was started).
-    pub fn finish(&mut self) {
-        // SAFETY: getpid has no preconditions.
-        if unsafe { libc::getpid() } == 1 {
-            // PID 1 of its namespace: everything else in it goes.
-            let _ = sys::kill(-1, libc::SIGKILL);
-            while let sys::Wait::Exited(pid, status) = sys::waitpid(-1, 0) {
-                self.set_status(pid, status);
-            }
-        } else {
-            // A subreaper among other processes: only what we started.
-            let pids: Vec<_> = self.procs.iter().map(|p| p.pid).collect();
-            for pid in pids {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                if let sys::Wait::Exited(pid, status) = sys::waitpid(pid, 0) {
-                    self.set_status(pid, status);
-                }
-            }
-        }
-        self.reap();
-        if let (Some(id), Some(status)) = (self.main_id, self.main_status) {
-            let oom_killed = self.oom_killed(status);
-            self.send(&Message::Exited {
-                id,
-                status,
-                oom_killed,
-            });
-        }
-        if let Some(c) = &mut self.container {
-            c.remove();
-        }
-    }
-
-    /// Whether a process that ended with `status` was the OOM killer's
-    /// doing: killed by SIGKILL while its container's cgroup recorded an
-    /// OOM kill.
-    fn oom_killed(&self, status: i32) -> bool {
-        status == 128 + libc::SIGKILL && self.container.as_ref().is_some_and(|c| c.oom_killed())
     }
 
     fn set_status(&mut self, pid: libc::pid_t, status: i32) {

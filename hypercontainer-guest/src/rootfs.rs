@@ -45,6 +45,9 @@ pub enum Error {
     /// part of a path component.
     #[error("virtio-fs tag {0:?} is not a valid share name")]
     BadShareTag(String),
+    /// A layer's disk serial cannot name a directory.
+    #[error("layer serial {0:?} cannot name a directory")]
+    BadLayerSerial(String),
 }
 
 /// Result alias of this module.
@@ -78,9 +81,13 @@ fn mkdir_p(p: &Path) -> Result<()> {
     fs::create_dir_all(p).ctx(|| format!("creating {}", p.display()))
 }
 
-/// Where the agent assembles layers and the overlay (a tmpfs of its own,
-/// beside [`SHARES_DIR`]).
-const WORK_DIR: &str = "/run/hypercontainer/rootfs";
+/// Where the agent assembles each container's overlay: a tmpfs per
+/// container at `CONTAINERS_DIR/<id>` (beside [`SHARES_DIR`]).
+const CONTAINERS_DIR: &str = "/run/hypercontainer/containers";
+
+/// Where each layer disk is mounted, once for all containers that use it
+/// (`LAYERS_DIR/<serial>`): their overlays share its page cache.
+const LAYERS_DIR: &str = "/run/hypercontainer/layers";
 
 /// First steps of the agent as PID 1 of a VM: leave the initramfs for a
 /// tmpfs root (so that `pivot_root` works later: the initramfs itself can
@@ -183,23 +190,40 @@ fn mount_layer(serial: &str, target: &Path) -> Result<()> {
     })
 }
 
-/// The agent's work directory: a fresh tmpfs at [`WORK_DIR`].
-fn work_dir() -> Result<PathBuf> {
-    let work = PathBuf::from(WORK_DIR);
+/// Container `id`'s work directory: a fresh tmpfs at
+/// `CONTAINERS_DIR/<id>`. [`release`] undoes it with everything below.
+pub fn work_dir(id: u32) -> Result<PathBuf> {
+    let work = Path::new(CONTAINERS_DIR).join(id.to_string());
     mkdir_p(&work)?;
     mount("tmpfs", &work, Some("tmpfs"), 0, Some("mode=700"))?;
     Ok(work)
 }
 
-/// Mounts the layer disks under `work`; returns their mount points, lowest
-/// first (an empty directory when there are none).
+/// Detaches a container's work directory and every mount below it (its
+/// overlay root, its upper disk), then removes the directory. Shared
+/// layer mounts stay.
+pub fn release(work: &Path) {
+    if let Err(e) = sys::umount2(work, libc::MNT_DETACH) {
+        eprintln!("hypercontainer-agent: unmounting {}: {e}", work.display());
+    }
+    let _ = fs::remove_dir(work);
+}
+
+/// Mounts the layer disks (each once per pod, under [`LAYERS_DIR`]);
+/// returns their mount points, lowest first (an empty directory of `work`
+/// when there are none).
 fn mount_layers(work: &Path, layers: &[String]) -> Result<Vec<PathBuf>> {
     let mut lower = Vec::new();
-    for (i, serial) in layers.iter().enumerate() {
-        let dir = work.join(format!("layer{i}"));
+    for serial in layers {
+        if serial.is_empty() || serial.contains('/') || serial == "." || serial == ".." {
+            return Err(Error::BadLayerSerial(serial.clone()));
+        }
+        let dir = Path::new(LAYERS_DIR).join(serial);
         mkdir_p(&dir)?;
-        mount_layer(serial, &dir)?;
-        crate::trace::trace!("layer {serial} mounted");
+        if !is_mount_point(&dir) {
+            mount_layer(serial, &dir)?;
+            crate::trace::trace!("layer {serial} mounted");
+        }
         lower.push(dir);
     }
     if lower.is_empty() {
@@ -309,10 +333,10 @@ fn ensure_dir(p: &Path) -> Result<()> {
 }
 
 /// Builds the root filesystem described by `spec` in the agent's own mount
-/// namespace and returns its path: the overlay of the layer disks, the
+/// namespace, under the container's `work` directory, and returns its path: the overlay of the layer disks, the
 /// given directory, or an overlay over it. The container's mounts and `pivot_root` come later, in
 /// its own mount namespace (see [`crate::container::mounts`]).
-pub fn prepare(spec: &Rootfs) -> Result<PathBuf> {
+pub fn prepare(spec: &Rootfs, work: &Path) -> Result<PathBuf> {
     match spec {
         Rootfs::Directory { path } => {
             let p = PathBuf::from(path);
@@ -322,16 +346,15 @@ pub fn prepare(spec: &Rootfs) -> Result<PathBuf> {
             Ok(p)
         }
         Rootfs::Layers { layers, upper } => {
-            let work = work_dir()?;
-            let lower = mount_layers(&work, layers)?;
-            overlay(&work, &lower, upper)
+            let lower = mount_layers(work, layers)?;
+            overlay(work, &lower, upper)
         }
         Rootfs::Overlay { lower, upper } => {
             let p = PathBuf::from(lower);
             if !p.is_absolute() {
                 return Err(Error::NotAbsolute(lower.clone()));
             }
-            overlay(&work_dir()?, &[p], upper)
+            overlay(work, &[p], upper)
         }
     }
 }

@@ -181,6 +181,7 @@ fn exec_runs_extra_processes_with_their_own_stdio() {
         matches!(m, Message::Started { id: MAIN, .. })
     });
     s.send(&Message::Exec {
+        container: 1,
         id: 2,
         process: Box::new(sh("echo from exec; echo exec-err >&2; cat; exit 7")),
     });
@@ -192,6 +193,7 @@ fn exec_runs_extra_processes_with_their_own_stdio() {
     s.until("exec exit", |m| matches!(m, Message::Exited { id: 2, .. }));
     // An exec of a missing program fails on its own.
     s.send(&Message::Exec {
+        container: 1,
         id: 3,
         process: Box::new(process(&["nope"])),
     });
@@ -387,6 +389,7 @@ fn exec_processes_are_killed_and_reported_when_the_main_process_ends() {
         matches!(m, Message::Started { id: MAIN, .. })
     });
     s.send(&Message::Exec {
+        container: 1,
         id: 2,
         process: Box::new(process(&["sleep", "60"])),
     });
@@ -430,6 +433,7 @@ fn unread_stdin_does_not_block_the_connection() {
         &vec![b'z'; hypercontainer_protocol::STDIN_WINDOW as usize],
     );
     s.send(&Message::Exec {
+        container: 1,
         id: 2,
         process: Box::new(sh("echo still responsive")),
     });

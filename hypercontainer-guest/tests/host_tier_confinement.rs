@@ -318,6 +318,7 @@ fn exec_gets_the_containers_namespaces_and_confinement() {
         )
     });
     s.send(&hypercontainer_protocol::Message::Exec {
+        container: 1,
         id: 2,
         process: Box::new(sh(
             "hostname; cut -d' ' -f1 /proc/1/stat; grep -E '^(CapEff|Seccomp):' /proc/self/status",

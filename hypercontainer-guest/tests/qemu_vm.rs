@@ -176,6 +176,7 @@ fn container_runs_as_pid1_of_a_vm_on_layer_disks() {
     let host_exec = t0.elapsed();
     s.until_output(MAIN, "written\n");
     s.send(&Message::Exec {
+        container: 1,
         id: 2,
         process: Box::new(Process {
             user: "app".into(),

@@ -28,7 +28,7 @@
 //! stdio chunks, which stay raw bytes (no escaping or base64), and every
 //! length is checked against the frame before allocation, so the decoder's
 //! cost is bounded by the frame size and easy to fuzz. The one exception is
-//! the container's confinement in [`Start::spec`]: it is the OCI runtime
+//! the container's confinement in [`Create::spec`]: it is the OCI runtime
 //! spec ([`oci::Spec`], the `oci-spec` crate's model of runc's
 //! `config.json`), carried as its standard JSON inside a `string` field, so
 //! that what an OCI bundle, a containerd shim or the SDK asks for reaches
@@ -43,28 +43,40 @@
 //!    discarded), then answers with its own [`Message::Hello`]; the agent
 //!    accepts nothing else first. A version mismatch ends the connection
 //!    with an [`ErrorKind::Version`] error.
-//! 2. The host sends [`Message::Start`]. The agent reports
-//!    [`BootStage::StartReceived`], builds the root filesystem and checks
-//!    the container's spec ([`BootStage::RootfsReady`]),
-//!    then forks the main process into the container's namespaces, where it
-//!    sets up its mounts and confinement and executes:
-//!    [`BootStage::ProcessExec`] and [`Message::Started`],
-//!    or [`Message::Error`] with the process id followed by
-//!    [`Message::Exited`] with [`ErrorKind::exit_status`] (127 for an
-//!    executable not found, 126 when not executable, 125 for a bad user,
-//!    working directory, root filesystem or other setup failure).
-//! 3. While the main process runs, the host may send [`Message::Exec`]
-//!    (another process, same lifecycle as the main one), [`Message::Stdin`],
-//!    [`Message::CloseStdin`], [`Message::Signal`] and
-//!    [`Message::ResizeTty`]; the agent sends [`Message::Stdout`],
+//! 2. The host sends [`Message::Setup`] (once): the agent reports
+//!    [`BootStage::StartReceived`], brings the pod's network up and mounts
+//!    its shares. A failure is a [`Message::Error`] without id, and the
+//!    agent powers the VM off.
+//! 3. For each container, the host sends [`Message::Create`] with a new
+//!    [`ContainerId`] and the main process's id. The agent builds the root
+//!    filesystem and checks the container's spec
+//!    ([`BootStage::RootfsReady`], for the first container), then forks
+//!    the main process into the container's namespaces, where it sets up
+//!    its mounts and confinement and executes: [`BootStage::ProcessExec`]
+//!    (first container) and [`Message::Started`], or [`Message::Error`]
+//!    with the process id followed by [`Message::Exited`] with
+//!    [`ErrorKind::exit_status`] (127 for an executable not found, 126
+//!    when not executable, 125 for a bad user, working directory, root
+//!    filesystem or other setup failure). A one-container sandbox sends
+//!    its [`Start`] as the two messages of [`Start::into_messages`].
+//! 4. While containers run, the host may send [`Message::Exec`] (another
+//!    process in a running container, same lifecycle as a main one),
+//!    [`Message::Stdin`], [`Message::CloseStdin`], [`Message::Signal`],
+//!    [`Message::ResizeTty`], more [`Message::Create`]s and
+//!    [`Message::Remove`]; the agent sends [`Message::Stdout`],
 //!    [`Message::Stderr`], [`Message::StdinAck`] and, when a process ends
 //!    and its output has been sent, [`Message::Exited`] (exit code, or
 //!    128 + signal number). Messages for a process that already ended are
-//!    ignored; for an id never used they get an [`ErrorKind::InvalidRequest`]
-//!    error without id.
-//! 4. When the main process ends, the agent kills the remaining processes,
-//!    reports their exits, sends the main process's [`Message::Exited`],
-//!    flushes the connection, syncs the filesystems and powers the VM off.
+//!    ignored; for a process or container id never used they get an
+//!    [`ErrorKind::InvalidRequest`] error without id.
+//! 5. A container's main process ending stops that container (its other
+//!    processes are killed and their exits reported); the container keeps
+//!    its root until [`Message::Remove`], answered by
+//!    [`Message::Removed`]. When the main process of a container created
+//!    with [`Create::ends_pod`] ends, or on [`Message::Shutdown`], the
+//!    agent kills every remaining process, reports their exits (that main
+//!    process's last), flushes the connection, syncs the filesystems and
+//!    powers the VM off.
 //!
 //! # Back-pressure
 //!
@@ -104,24 +116,28 @@
 pub mod codec;
 pub mod message;
 pub mod net;
+pub mod pod;
 
-/// The OCI runtime spec types ([`oci_spec::runtime`]) used by [`Start::spec`].
+/// The OCI runtime spec types ([`oci_spec::runtime`]) used by [`Create::spec`].
 pub use oci_spec::runtime as oci;
 
 pub use codec::{Error, FrameDecoder, Result};
 pub use message::{bare_spec, mac_to_string, share_mount_point, SHARES_DIR};
 pub use message::{
     BootStage, ErrorKind, Hello, Message, Process, ProcessId, Rlimit, RlimitResource, Rootfs,
-    Start, Upper, WindowSize,
+    Upper, WindowSize,
 };
 pub use net::{Interface, IpPrefix, Route, MAX_ADDRESSES, MAX_INTERFACES, MAX_ROUTES, MIN_MTU};
+pub use pod::{ContainerId, Create, Setup, Start};
 
 /// Version of this protocol; both sides must speak the same one (2: `Start`
 /// carries network interfaces; 3: `Start` carries the OCI runtime spec and
 /// `Exited` the OOM flag; 4: `Start` carries virtio-fs shares, and
 /// [`Rootfs::Overlay`]; 5: an [`Interface`] has an MTU, IPv4 and IPv6
-/// addresses and routes).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// addresses and routes; 6: pods, [`Message::Setup`] once and a
+/// [`Message::Create`] per container, [`Message::Exec`] names its
+/// container, [`Message::Remove`] and [`Message::Shutdown`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

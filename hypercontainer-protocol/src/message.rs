@@ -4,10 +4,13 @@
 //! of each variant is given by [`Message::type_code`]. Field order in the
 //! docs below is also the order on the wire.
 
-/// Identifier of one process (and of its stdio streams) in a sandbox.
+use crate::pod::{ContainerId, Create, Setup};
+
+/// Identifier of one process (and of its stdio streams) in a pod.
 ///
-/// Chosen by the host in [`Start`] and [`Message::Exec`]; unique for the life of the
-/// connection (an id is never reused, even after the process exited).
+/// Chosen by the host in [`Create`] and [`Message::Exec`]; unique for the
+/// life of the connection (an id is never reused, even after the process
+/// exited), across all containers.
 pub type ProcessId = u32;
 
 /// Version handshake, sent once by each side as its first message.
@@ -62,7 +65,7 @@ pub enum Rootfs {
         upper: Upper,
     },
     /// An existing directory of the agent's filesystem (typically a share
-    /// of [`Start::shares`]) used read-only as the one lower layer of an
+    /// of [`Setup::shares`]) used read-only as the one lower layer of an
     /// overlay, so that the container's writes never reach it.
     Overlay {
         /// Absolute path of the lower directory.
@@ -245,63 +248,8 @@ pub struct Process {
     pub window: Option<WindowSize>,
 }
 
-/// Start the container: build the root filesystem, then run its main process.
-///
-/// Wire, in order: `id: u32`, `rootfs: Rootfs`, `shares: [string]`,
-/// `process: Process`,
-/// `hostname: string`, `hosts: option<string>`, `resolv_conf: option<string>`,
-/// `network: list<Interface>`, `spec: string` (the OCI runtime spec as
-/// JSON, `config.json`'s format).
-///
-/// Accepted once per connection. The main process ending ends the sandbox:
-/// the agent kills what is left, reports every exit, flushes and powers the
-/// VM off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Start {
-    /// Id of the main process.
-    pub id: ProcessId,
-    /// The root filesystem.
-    pub rootfs: Rootfs,
-    /// Tags of virtio-fs devices the agent mounts, before it builds the root
-    /// filesystem, at [`share_mount_point`]`(tag)`; the rootfs and the
-    /// spec's bind mounts may then name paths under them. A tag already
-    /// mounted there is left as it is.
-    pub shares: Vec<String>,
-    /// The main process.
-    pub process: Process,
-    /// Host name set in the container (`sethostname` and `/etc/hostname`);
-    /// empty leaves both unchanged.
-    pub hostname: String,
-    /// Contents written to `/etc/hosts`; `None` keeps the image's file.
-    pub hosts: Option<String>,
-    /// Contents written to `/etc/resolv.conf`; `None` keeps the image's file.
-    pub resolv_conf: Option<String>,
-    /// Network interfaces to configure before the root filesystem is built
-    /// (at most [`crate::MAX_INTERFACES`]). The loopback interface is always
-    /// brought up in a VM.
-    pub network: Vec<crate::Interface>,
-    /// How the container is confined, in the OCI runtime spec's own model
-    /// (what `runc` reads from a bundle's `config.json`). The agent applies
-    /// `process.capabilities`, `process.noNewPrivileges`,
-    /// `process.oomScoreAdj`, `root.readonly`, `mounts`, and from `linux`:
-    /// `namespaces`, `maskedPaths`, `readonlyPaths`, `seccomp`,
-    /// `resources` (a cgroup per container), `sysctl` and `devices`; the
-    /// same confinement applies to every [`Message::Exec`] process, which
-    /// joins the container's namespaces and cgroup. `process.rlimits` and
-    /// `process.user.umask` are defaults for every process: a process's own
-    /// [`Process::rlimits`] replace them resource by resource, its
-    /// [`Process::umask`] replaces the umask. What runs (argv, env, user,
-    /// working directory, terminal) comes from [`Start::process`], and
-    /// `spec.process` of those fields is ignored, as are `spec.hostname`
-    /// (see [`Start::hostname`]) and `spec.root.path` (see
-    /// [`Start::rootfs`]). A mount namespace is always created; a
-    /// network or user namespace cannot be asked for (the VM is the
-    /// network boundary). [`bare_spec`] confines nothing.
-    pub spec: crate::oci::Spec,
-}
-
 /// The directory under which the agent mounts the virtio-fs shares of
-/// [`Start::shares`].
+/// [`Setup::shares`] and [`Create::shares`].
 pub const SHARES_DIR: &str = "/run/hypercontainer/shares";
 
 /// Where the agent mounts the virtio-fs device tagged `tag`.
@@ -357,7 +305,7 @@ pub enum BootStage {
     /// The main process is about to `execve` (taken in the child, after all
     /// its setup).
     ProcessExec = 2,
-    /// The agent received [`Message::Start`], before anything of it is
+    /// The agent received [`Message::Setup`], before anything of it is
     /// applied: from here to [`BootStage::ProcessExec`] is the agent's whole
     /// start-to-exec work (network, root filesystem, the spec's namespaces,
     /// mounts, capabilities, seccomp compilation and cgroup).
@@ -389,7 +337,7 @@ pub enum ErrorKind {
     /// The peer speaks another protocol version; the connection is closed.
     Version = 1,
     /// A request was not valid in the current state (unknown or reused
-    /// process id, `Exec` before `Start`, second `Start`, empty argv); the
+    /// process or container id, `Exec` before `Create`, second `Setup`, empty argv); the
     /// connection stays open.
     InvalidRequest = 2,
     /// The root filesystem could not be built (missing disk, mount failure).
@@ -451,17 +399,33 @@ pub enum Message {
     /// Both directions (type `0x01`): version handshake, see [`Hello`].
     Hello(Hello),
 
-    /// Host to agent (type `0x10`): build the rootfs and start the main
-    /// process, see [`Start`].
-    Start(Box<Start>),
-    /// Host to agent (type `0x11`): start another process in the running
-    /// container. Wire: `id: u32`, `process: Process`.
+    /// Host to agent (type `0x10`): set the pod up (network, shares, host
+    /// name, `/etc/hosts`, `/etc/resolv.conf`), see [`Setup`].
+    Setup(Box<Setup>),
+    /// Host to agent (type `0x16`): create a container and start its main
+    /// process, see [`Create`].
+    Create(Box<Create>),
+    /// Host to agent (type `0x11`): start another process in a running
+    /// container. Wire: `id: u32`, `container: u32`, `process: Process`.
     Exec {
         /// Id of the new process.
         id: ProcessId,
+        /// The container it joins.
+        container: ContainerId,
         /// What to run.
         process: Box<Process>,
     },
+    /// Host to agent (type `0x17`): remove a container: kill what still
+    /// runs in it (`SIGKILL`), report those exits, then unmount its root
+    /// and volumes and delete its cgroup; answered by
+    /// [`Message::Removed`]. Wire: `container: u32`.
+    Remove {
+        /// The container.
+        container: ContainerId,
+    },
+    /// Host to agent (type `0x18`): end the pod: kill every process,
+    /// report every exit, flush and power the VM off. Wire: empty.
+    Shutdown,
     /// Host to agent (type `0x12`): bytes for a process's stdin. Wire:
     /// `id: u32`, `data: bytes`. The host keeps at most
     /// [`crate::STDIN_WINDOW`] bytes per process unacknowledged (see
@@ -556,6 +520,12 @@ pub enum Message {
         /// Whether the kernel's OOM killer ended it (or its container).
         oom_killed: bool,
     },
+    /// Agent to host (type `0x27`): a container is gone; its id may not be
+    /// used again. Wire: `container: u32`.
+    Removed {
+        /// The container.
+        container: ContainerId,
+    },
     /// Agent to host (type `0x26`): something failed. Wire: `id: option<u32>`,
     /// `kind: u8`, `message: string`. With an id, the failure is that
     /// process's (it failed to start; an [`Message::Exited`] follows);
@@ -571,40 +541,88 @@ pub enum Message {
     },
 }
 
+/// The type byte of each message: the one table both directions of the
+/// codec use. Host-to-agent messages are below [`code::FIRST_FROM_AGENT`]
+/// ([`Message::Hello`] goes both ways).
+pub mod code {
+    /// [`super::Message::Hello`]
+    pub const HELLO: u8 = 0x01;
+    /// [`super::Message::Setup`]
+    pub const SETUP: u8 = 0x10;
+    /// [`super::Message::Exec`]
+    pub const EXEC: u8 = 0x11;
+    /// [`super::Message::Stdin`]
+    pub const STDIN: u8 = 0x12;
+    /// [`super::Message::CloseStdin`]
+    pub const CLOSE_STDIN: u8 = 0x13;
+    /// [`super::Message::Signal`]
+    pub const SIGNAL: u8 = 0x14;
+    /// [`super::Message::ResizeTty`]
+    pub const RESIZE_TTY: u8 = 0x15;
+    /// [`super::Message::Create`]
+    pub const CREATE: u8 = 0x16;
+    /// [`super::Message::Remove`]
+    pub const REMOVE: u8 = 0x17;
+    /// [`super::Message::Shutdown`]
+    pub const SHUTDOWN: u8 = 0x18;
+    /// The first type byte of the agent's messages.
+    pub const FIRST_FROM_AGENT: u8 = 0x20;
+    /// [`super::Message::BootStage`]
+    pub const BOOT_STAGE: u8 = 0x20;
+    /// [`super::Message::Started`]
+    pub const STARTED: u8 = 0x21;
+    /// [`super::Message::Stdout`]
+    pub const STDOUT: u8 = 0x22;
+    /// [`super::Message::Stderr`]
+    pub const STDERR: u8 = 0x23;
+    /// [`super::Message::StdinAck`]
+    pub const STDIN_ACK: u8 = 0x24;
+    /// [`super::Message::Exited`]
+    pub const EXITED: u8 = 0x25;
+    /// [`super::Message::Error`]
+    pub const ERROR: u8 = 0x26;
+    /// [`super::Message::Removed`]
+    pub const REMOVED: u8 = 0x27;
+}
+
 impl Message {
-    /// The frame type byte of this message.
+    /// The frame type byte of this message (one of [`code`]'s).
     pub fn type_code(&self) -> u8 {
+        self.kind().0
+    }
+
+    /// The name of this message's type, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        self.kind().1
+    }
+
+    fn kind(&self) -> (u8, &'static str) {
         match self {
-            Self::Hello(_) => 0x01,
-            Self::Start(_) => 0x10,
-            Self::Exec { .. } => 0x11,
-            Self::Stdin { .. } => 0x12,
-            Self::CloseStdin { .. } => 0x13,
-            Self::Signal { .. } => 0x14,
-            Self::ResizeTty { .. } => 0x15,
-            Self::BootStage { .. } => 0x20,
-            Self::Started { .. } => 0x21,
-            Self::Stdout { .. } => 0x22,
-            Self::Stderr { .. } => 0x23,
-            Self::StdinAck { .. } => 0x24,
-            Self::Exited { .. } => 0x25,
-            Self::Error { .. } => 0x26,
+            Self::Hello(_) => (code::HELLO, "Hello"),
+            Self::Setup(_) => (code::SETUP, "Setup"),
+            Self::Exec { .. } => (code::EXEC, "Exec"),
+            Self::Stdin { .. } => (code::STDIN, "Stdin"),
+            Self::CloseStdin { .. } => (code::CLOSE_STDIN, "CloseStdin"),
+            Self::Signal { .. } => (code::SIGNAL, "Signal"),
+            Self::ResizeTty { .. } => (code::RESIZE_TTY, "ResizeTty"),
+            Self::Create(_) => (code::CREATE, "Create"),
+            Self::Remove { .. } => (code::REMOVE, "Remove"),
+            Self::Shutdown => (code::SHUTDOWN, "Shutdown"),
+            Self::BootStage { .. } => (code::BOOT_STAGE, "BootStage"),
+            Self::Started { .. } => (code::STARTED, "Started"),
+            Self::Stdout { .. } => (code::STDOUT, "Stdout"),
+            Self::Stderr { .. } => (code::STDERR, "Stderr"),
+            Self::StdinAck { .. } => (code::STDIN_ACK, "StdinAck"),
+            Self::Exited { .. } => (code::EXITED, "Exited"),
+            Self::Error { .. } => (code::ERROR, "Error"),
+            Self::Removed { .. } => (code::REMOVED, "Removed"),
         }
     }
 
     /// Whether the host sends this message (the agent sends the others;
     /// both send [`Message::Hello`]).
     pub fn is_host_to_guest(&self) -> bool {
-        matches!(
-            self,
-            Self::Hello(_)
-                | Self::Start(_)
-                | Self::Exec { .. }
-                | Self::Stdin { .. }
-                | Self::CloseStdin { .. }
-                | Self::Signal { .. }
-                | Self::ResizeTty { .. }
-        )
+        self.type_code() < code::FIRST_FROM_AGENT
     }
 
     /// Whether the agent sends this message.

@@ -53,8 +53,8 @@ use std::time::{Duration, Instant};
 
 use hypercontainer_protocol::codec::{self, FrameDecoder};
 use hypercontainer_protocol::{
-    BootStage, ErrorKind, Hello, Message, Process, ProcessId, Start, WindowSize, MAX_DATA_CHUNK,
-    PROTOCOL_VERSION, STDIN_WINDOW,
+    BootStage, ContainerId, Create, ErrorKind, Hello, Message, Process, ProcessId, Setup, Start,
+    WindowSize, MAX_DATA_CHUNK, PROTOCOL_VERSION, STDIN_WINDOW,
 };
 
 /// How often a blocked read wakes up to ask the liveness hook.
@@ -112,6 +112,9 @@ pub enum Error {
     /// An output stream was already taken or is not piped.
     #[error("the {0} stream was not requested as piped or was already taken")]
     StreamUnavailable(&'static str),
+    /// The agent did not answer in time.
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Result alias of this module.
@@ -195,6 +198,8 @@ struct State {
     ended: Option<String>,
     /// Connection-level errors the agent reported.
     agent_errors: Vec<(ErrorKind, String)>,
+    /// Containers the agent reported removed.
+    removed: Vec<ContainerId>,
 }
 
 struct Shared {
@@ -397,24 +402,70 @@ impl AgentClient {
         &self.peer
     }
 
-    /// Sends `Start` (its `id` is replaced by a fresh one) and returns the
-    /// main process's handle. The handle's [`ProcessHandle::wait_started`]
+    /// Sends a one-container sandbox's `Start` (its `id` is replaced by a
+    /// fresh one) as its setup and container, and returns the main
+    /// process's handle. The handle's [`ProcessHandle::wait_started`]
     /// tells whether it started.
     pub fn start(&self, mut start: Start, stdout: Output, stderr: Output) -> Result<ProcessHandle> {
         let id = self.register(stdout, stderr);
         start.id = id;
-        self.send(&Message::Start(Box::new(start)))?;
+        for m in start.into_messages() {
+            self.send(&m)?;
+        }
         Ok(self.handle(id))
     }
 
-    /// Starts another process in the running container.
+    /// Sets the pod up (once, before any [`AgentClient::create`]).
+    pub fn setup(&self, setup: Setup) -> Result<()> {
+        self.send(&Message::Setup(Box::new(setup)))
+    }
+
+    /// Creates a container and starts its main process (`create.id` is
+    /// replaced by a fresh one); returns the main process's handle.
+    pub fn create(
+        &self,
+        mut create: Create,
+        stdout: Output,
+        stderr: Output,
+    ) -> Result<ProcessHandle> {
+        let id = self.register(stdout, stderr);
+        create.id = id;
+        self.send(&Message::Create(Box::new(create)))?;
+        Ok(self.handle(id))
+    }
+
+    /// Starts another process in the running container of a one-container
+    /// sandbox.
     pub fn exec(&self, process: Process, stdout: Output, stderr: Output) -> Result<ProcessHandle> {
+        self.exec_in(Start::CONTAINER, process, stdout, stderr)
+    }
+
+    /// Starts another process in running container `container`.
+    pub fn exec_in(
+        &self,
+        container: ContainerId,
+        process: Process,
+        stdout: Output,
+        stderr: Output,
+    ) -> Result<ProcessHandle> {
         let id = self.register(stdout, stderr);
         self.send(&Message::Exec {
             id,
+            container,
             process: Box::new(process),
         })?;
         Ok(self.handle(id))
+    }
+
+    /// Asks the agent to remove container `container` (the answer,
+    /// [`Message::Removed`], shows in [`AgentClient::removed`]).
+    pub fn remove(&self, container: ContainerId) -> Result<()> {
+        self.send(&Message::Remove { container })
+    }
+
+    /// Asks the agent to end the pod.
+    pub fn shutdown(&self) -> Result<()> {
+        self.send(&Message::Shutdown)
     }
 
     /// The boot stages reported so far.
@@ -425,6 +476,31 @@ impl AgentClient {
     /// Connection-level errors the agent reported.
     pub fn agent_errors(&self) -> Vec<(ErrorKind, String)> {
         self.shared.lock().agent_errors.clone()
+    }
+
+    /// Containers the agent reported removed so far.
+    pub fn removed(&self) -> Vec<ContainerId> {
+        self.shared.lock().removed.clone()
+    }
+
+    /// Waits up to `timeout` until the agent reports container `container`
+    /// removed.
+    pub fn wait_removed(&self, container: ContainerId, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        loop {
+            if g.removed.contains(&container) {
+                return Ok(());
+            }
+            if let Some(why) = &g.ended {
+                return Err(Error::Disconnected(why.clone()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(timeout));
+            }
+            g = self.shared.wait(g, Some(left));
+        }
     }
 
     /// Why the connection ended, if it did.
@@ -605,6 +681,7 @@ fn dispatch(shared: &Shared, m: Message) -> Option<String> {
             }
             g.agent_errors.push((kind, message));
         }
+        Message::Removed { container } => g.removed.push(container),
         other => {
             end = Some(format!(
                 "the agent sent {}, which only the host sends",
@@ -991,8 +1068,9 @@ mod tests {
         let (host, t) = fake(|a| {
             write_message(a, &Message::Hello(Hello::new("fake"))).unwrap();
             assert!(matches!(read_message(a).unwrap(), Some(Message::Hello(_))));
-            let Some(Message::Start(s)) = read_message(a).unwrap() else {
-                panic!("no start")
+            assert!(matches!(read_message(a).unwrap(), Some(Message::Setup(_))));
+            let Some(Message::Create(s)) = read_message(a).unwrap() else {
+                panic!("no create")
             };
             let id = s.id;
             for m in [
@@ -1088,7 +1166,8 @@ mod tests {
         let (host, t) = fake(|a| {
             write_message(a, &Message::Hello(Hello::new("fake"))).unwrap();
             read_message(a).unwrap();
-            let Some(Message::Start(s)) = read_message(a).unwrap() else {
+            assert!(matches!(read_message(a).unwrap(), Some(Message::Setup(_))));
+            let Some(Message::Create(s)) = read_message(a).unwrap() else {
                 panic!()
             };
             write_message(
@@ -1152,7 +1231,8 @@ mod tests {
         let (host, t) = fake(|a| {
             write_message(a, &Message::Hello(Hello::new("fake"))).unwrap();
             read_message(a).unwrap();
-            let Some(Message::Start(s)) = read_message(a).unwrap() else {
+            assert!(matches!(read_message(a).unwrap(), Some(Message::Setup(_))));
+            let Some(Message::Create(s)) = read_message(a).unwrap() else {
                 panic!()
             };
             // Read until the host stops at the window; then ack it all.
@@ -1209,7 +1289,8 @@ mod tests {
         let (host, t) = fake(|a| {
             write_message(a, &Message::Hello(Hello::new("fake"))).unwrap();
             read_message(a).unwrap();
-            let Some(Message::Start(s)) = read_message(a).unwrap() else {
+            assert!(matches!(read_message(a).unwrap(), Some(Message::Setup(_))));
+            let Some(Message::Create(s)) = read_message(a).unwrap() else {
                 panic!()
             };
             for i in 0..100u8 {

@@ -296,3 +296,129 @@ fn handles_outliving_the_client_fail_cleanly() {
     // processes) instead of lingering.
     child.wait().unwrap();
 }
+
+fn create(
+    a: &Agent,
+    container: u32,
+    ends_pod: bool,
+    p: Process,
+) -> hypercontainer_protocol::Create {
+    let s = start(a, p);
+    hypercontainer_protocol::Create {
+        container,
+        id: 0,
+        ends_pod,
+        rootfs: s.rootfs,
+        shares: Vec::new(),
+        process: s.process,
+        spec: s.spec,
+    }
+}
+
+fn wait_error(a: &Agent, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some((_, m)) = a
+            .client
+            .agent_errors()
+            .into_iter()
+            .find(|(_, m)| m.contains(needle))
+        {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent error with {needle:?}: {:?}",
+            a.client.agent_errors()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn containers_of_a_pod_come_and_go_on_their_own() {
+    let a = agent();
+    a.client
+        .setup(hypercontainer_protocol::Setup {
+            hostname: "pod".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    // One container exits with 3; the other keeps running.
+    let one = a
+        .client
+        .create(
+            create(&a, 1, false, sh("echo one; exit 3")),
+            Output::Piped,
+            Output::Null,
+        )
+        .unwrap();
+    let two = a
+        .client
+        .create(
+            create(&a, 2, false, sh("echo two $(hostname); cat; echo bye")),
+            Output::Piped,
+            Output::Null,
+        )
+        .unwrap();
+    one.close_stdin().unwrap();
+    assert_eq!(read_all(one.stdout().unwrap()), "one\n");
+    assert_eq!(one.wait().unwrap(), 3);
+    let mut out_two = io::BufReader::new(two.stdout().unwrap());
+    let mut line = String::new();
+    io::BufRead::read_line(&mut out_two, &mut line).unwrap();
+    assert_eq!(line, "two pod\n");
+
+    // Exec into the running one; not into the stopped one or one that
+    // never was.
+    let e = a
+        .client
+        .exec_in(2, sh("echo exec-two"), Output::Piped, Output::Null)
+        .unwrap();
+    e.close_stdin().unwrap();
+    assert_eq!(read_all(e.stdout().unwrap()), "exec-two\n");
+    assert_eq!(e.wait().unwrap(), 0);
+    for (c, why) in [(1, "is not running"), (9, "no container with id 9")] {
+        let e = a
+            .client
+            .exec_in(c, sh("true"), Output::Null, Output::Null)
+            .unwrap();
+        let err = e.wait_started(Some(TIMEOUT)).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+
+    // A container id is never reused; removing twice or an unknown one is
+    // an error, and the agent serves on.
+    let again = a
+        .client
+        .create(create(&a, 1, false, sh("true")), Output::Null, Output::Null)
+        .unwrap();
+    let err = again.wait_started(Some(TIMEOUT)).unwrap_err();
+    assert!(err.to_string().contains("already in use"), "{err}");
+    a.client.remove(1).unwrap();
+    a.client.wait_removed(1, TIMEOUT).unwrap();
+    a.client.remove(1).unwrap();
+    wait_error(&a, "container 1 is already removed");
+    a.client.remove(77).unwrap();
+    wait_error(&a, "no container with id 77");
+
+    // Removing a running container kills what runs in it.
+    a.client.remove(2).unwrap();
+    a.client.wait_removed(2, TIMEOUT).unwrap();
+    assert_eq!(two.wait().unwrap(), 128 + 9);
+
+    // A container created now runs, and the pod ends on request.
+    let three = a
+        .client
+        .create(
+            create(&a, 3, false, sh("echo three")),
+            Output::Piped,
+            Output::Null,
+        )
+        .unwrap();
+    three.close_stdin().unwrap();
+    assert_eq!(read_all(three.stdout().unwrap()), "three\n");
+    assert_eq!(three.wait().unwrap(), 0);
+    a.client.shutdown().unwrap();
+    a.finish();
+}

@@ -1,7 +1,7 @@
-//! One container, run the way runc runs an OCI runtime spec: its root
-//! filesystem, namespaces, cgroup, capabilities, seccomp filter and the
-//! rest of [`Start::spec`](hypercontainer_protocol::Start::spec), one
-//! module per concern.
+//! One container of the pod, run the way runc runs an OCI runtime spec:
+//! its root filesystem, namespaces, cgroup, capabilities, seccomp filter
+//! and the rest of [`Create::spec`](hypercontainer_protocol::Create::spec),
+//! one module per concern.
 //!
 //! [`Container::create`] checks and compiles everything once, before the
 //! first fork; each process (the main one and every exec'd one) then gets
@@ -17,7 +17,7 @@ mod test_child;
 
 use std::path::{Path, PathBuf};
 
-use hypercontainer_protocol::{oci, Rlimit, RlimitResource, Start};
+use hypercontainer_protocol::{oci, ContainerId, Create, Rlimit, RlimitResource, Setup};
 
 use crate::rootfs;
 
@@ -89,9 +89,11 @@ pub enum Entry<'a> {
     Join(&'a namespaces::Joined),
 }
 
-/// A container of the VM.
+/// A container of the pod.
 #[derive(Debug)]
 pub struct Container {
+    /// The agent's scratch for it (layers' overlay, upper).
+    work: PathBuf,
     root: PathBuf,
     plan: mounts::RootPlan,
     ns: namespaces::NewNamespaces,
@@ -101,14 +103,22 @@ pub struct Container {
     init_pid: Option<libc::pid_t>,
 }
 
-/// The cgroup name of the (single) container of a VM.
-const CGROUP_NAME: &str = "container";
+/// The cgroup name of container `id` (the first one keeps the name it had
+/// when a VM held one container).
+fn cgroup_name(id: ContainerId) -> String {
+    match id {
+        1 => "container".into(),
+        id => format!("container-{id}"),
+    }
+}
 
 impl Container {
     /// Builds the root filesystem, checks and compiles the spec, and makes
-    /// the cgroup (under `cgroups`, when the agent has a hierarchy).
-    pub fn create(start: &Start, cgroups: Option<&cgroups::Hierarchy>) -> Result<Self> {
-        let spec = &start.spec;
+    /// the cgroup (under `cgroups`, when the agent has a hierarchy), with
+    /// the pod's settings (`pod`: host name and /etc files). On failure
+    /// nothing of it is left mounted.
+    pub fn create(c: &Create, pod: &Setup, cgroups: Option<&cgroups::Hierarchy>) -> Result<Self> {
+        let spec = &c.spec;
         let ns = namespaces::NewNamespaces::from_spec(spec).map_err(Error::Namespaces)?;
         let process = spec.process().as_ref();
         let caps = process
@@ -127,21 +137,36 @@ impl Container {
                 eprintln!("hypercontainer-agent: warning: seccomp flag {flag:?} is not supported by this kernel; ignored");
             }
         }
-        rootfs::mount_shares(&start.shares).map_err(Error::Rootfs)?;
-        let root = rootfs::prepare(&start.rootfs).map_err(Error::Rootfs)?;
-        let etc = mounts::EtcFiles {
-            hostname: start.hostname.clone(),
-            hosts: start.hosts.clone(),
-            resolv_conf: start.resolv_conf.clone(),
-        };
-        let plan = mounts::RootPlan::from_spec(&root, spec, etc).map_err(Error::Mounts)?;
-        let resources = linux.and_then(|l| l.resources().as_ref());
-        let cgroup = match cgroups {
-            Some(h) => Some(h.create(CGROUP_NAME, resources).map_err(Error::Cgroup)?),
-            None if resources.is_some_and(has_limits) => {
-                return Err(Error::Cgroup(cgroups::Error::NoHierarchy))
+        let rlimits = process.map(spec_rlimits).transpose()?.unwrap_or_default();
+        rootfs::mount_shares(&c.shares).map_err(Error::Rootfs)?;
+        let work = rootfs::work_dir(c.container).map_err(Error::Rootfs)?;
+        let built = (|| {
+            let root = rootfs::prepare(&c.rootfs, &work).map_err(Error::Rootfs)?;
+            let etc = mounts::EtcFiles {
+                hostname: pod.hostname.clone(),
+                hosts: pod.hosts.clone(),
+                resolv_conf: pod.resolv_conf.clone(),
+            };
+            let plan = mounts::RootPlan::from_spec(&root, spec, etc).map_err(Error::Mounts)?;
+            let resources = linux.and_then(|l| l.resources().as_ref());
+            let cgroup = match cgroups {
+                Some(h) => Some(
+                    h.create(&cgroup_name(c.container), resources)
+                        .map_err(Error::Cgroup)?,
+                ),
+                None if resources.is_some_and(has_limits) => {
+                    return Err(Error::Cgroup(cgroups::Error::NoHierarchy))
+                }
+                None => None,
+            };
+            Ok((root, plan, cgroup))
+        })();
+        let (root, plan, cgroup) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                rootfs::release(&work);
+                return Err(e);
             }
-            None => None,
         };
         let confinement = Confinement {
             caps,
@@ -149,10 +174,11 @@ impl Container {
             no_new_privs: process.and_then(|p| p.no_new_privileges()).unwrap_or(false),
             oom_score_adj: process.and_then(|p| p.oom_score_adj()),
             cgroup_procs: cgroup.as_ref().map(|c| c.path().join("cgroup.procs")),
-            rlimits: process.map(spec_rlimits).transpose()?.unwrap_or_default(),
+            rlimits,
             umask: process.and_then(|p| p.user().umask()),
         };
         Ok(Self {
+            work,
             root,
             plan,
             ns,
@@ -208,7 +234,8 @@ impl Container {
         self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
     }
 
-    /// Frees the container's cgroup (what is left in it is killed).
+    /// Frees the container: its cgroup (what is left in it is killed) and
+    /// its root filesystem's mounts.
     pub fn remove(&mut self) {
         if let Some(c) = self.cgroup.take() {
             if let Err(e) = c.remove() {
@@ -218,6 +245,8 @@ impl Container {
                 );
             }
         }
+        self.joined = None;
+        rootfs::release(&self.work);
     }
 }
 

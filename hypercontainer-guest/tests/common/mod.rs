@@ -250,7 +250,9 @@ impl Session {
             spec: test_spec(),
         };
         f(&mut start);
-        self.send(&Message::Start(Box::new(start)));
+        for m in start.into_messages() {
+            self.send(&m);
+        }
     }
 
     pub fn start(&mut self, p: Process) {

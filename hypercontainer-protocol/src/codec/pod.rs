@@ -1,0 +1,50 @@
+//! Encoding and decoding of the pod's requests, [`Setup`] and [`Create`],
+//! each type's two halves side by side (the layouts are in
+//! [`crate::pod`]).
+
+use super::{Dec, Enc, Result};
+use crate::pod::{Create, Setup};
+
+impl Enc<'_> {
+    pub(super) fn setup(&mut self, s: &Setup) -> Result<()> {
+        self.str(&s.hostname)?;
+        self.opt_str(&s.hosts)?;
+        self.opt_str(&s.resolv_conf)?;
+        self.interfaces(&s.network)?;
+        self.strs(&s.shares)
+    }
+
+    pub(super) fn create(&mut self, c: &Create) -> Result<()> {
+        self.u32(c.container);
+        self.u32(c.id);
+        self.bool(c.ends_pod);
+        self.rootfs(&c.rootfs)?;
+        self.strs(&c.shares)?;
+        self.process(&c.process)?;
+        self.spec(&c.spec)
+    }
+}
+
+impl Dec<'_> {
+    pub(super) fn setup(&mut self) -> Result<Setup> {
+        Ok(Setup {
+            hostname: self.str("hostname")?,
+            hosts: self.opt_str("hosts")?,
+            resolv_conf: self.opt_str("resolv.conf")?,
+            network: self.interfaces()?,
+            shares: self.strs("share tags")?,
+        })
+    }
+
+    pub(super) fn create(&mut self) -> Result<Create> {
+        Ok(Create {
+            container: self.u32("container")?,
+            id: self.u32("id")?,
+            ends_pod: self.bool("ends pod")?,
+            rootfs: self.rootfs()?,
+            shares: self.strs("share tags")?,
+            process: self.process()?,
+            spec: self.spec()?,
+        })
+    }
+}
