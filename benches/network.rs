@@ -177,12 +177,10 @@ fn run_sandbox(mib: u64, requests: u64) -> Run {
     assert_eq!(
         got.bytes,
         mib << 20,
-        "the sink got {} bytes (ended by {:?}); the sandbox's network: {:?}; its output: {text}\n\
-         passt's debug log: {}",
+        "the sink got {} bytes (ended by {:?}); the sandbox's network: {:?}; its output: {text}",
         got.bytes,
         got.error,
-        s.network_error(),
-        passt_debug_tail()
+        s.network_error()
     );
     let lat = latency(s.ports()[0].host, requests);
     (mib_per_s(got.bytes, got.time), lat)
@@ -295,36 +293,6 @@ fn prepare_host() {
     ]);
 }
 
-/// Where passt's debug log goes with `HYPERCONTAINER_BENCH_NET_PASST_DEBUG`.
-const PASST_DEBUG_LOG: &str = "/tmp/hc-bench-passt-debug.log";
-
-/// With `HYPERCONTAINER_BENCH_NET_PASST_DEBUG` set, the sandboxes run passt
-/// through a wrapper that turns its debug output on (into
-/// [`PASST_DEBUG_LOG`]), to find out why a connection ended.
-fn debug_passt() {
-    if std::env::var_os("HYPERCONTAINER_BENCH_NET_PASST_DEBUG").is_none() {
-        return;
-    }
-    let real = hypercontainer::network::passt_binary().expect("passt");
-    let wrapper = std::env::temp_dir().join("hc-bench-passt-debug");
-    let script = format!(
-        "#!/bin/sh\nargs=\"\"\nfor a; do [ \"$a\" = -q ] || args=\"$args '$a'\"; done\n\
-         eval exec '{}' $args -d 2>>{PASST_DEBUG_LOG}\n",
-        real.display()
-    );
-    std::fs::write(&wrapper, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::env::set_var(hypercontainer::network::PASST_ENV, &wrapper);
-}
-
-/// The end of passt's debug log, when it is kept.
-fn passt_debug_tail() -> String {
-    let log = std::fs::read_to_string(PASST_DEBUG_LOG).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     v[v.len() / 2]
@@ -338,7 +306,6 @@ fn main() {
         return;
     }
     prepare_host();
-    debug_passt();
     // `cargo bench` passes `--bench`; nothing else is taken.
     let pairs = env_num("HYPERCONTAINER_NET_PAIRS", 3).max(1);
     let mib = env_num("HYPERCONTAINER_BENCH_NET_MIB", 8).max(1);
