@@ -212,6 +212,22 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits until `ready` answers from the state, or until `deadline`
+    /// (`None` then).
+    fn wait_for<T>(&self, deadline: Instant, ready: impl Fn(&State) -> Option<T>) -> Option<T> {
+        let mut g = self.lock();
+        loop {
+            if let Some(v) = ready(&g) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = self.wait(g, Some(deadline - now));
+        }
+    }
+
     fn wait<'a>(
         &self,
         g: MutexGuard<'a, State>,
@@ -317,14 +333,6 @@ fn map_codec(e: codec::Error) -> Error {
     }
 }
 
-fn describe(m: &Message) -> String {
-    let s = format!("{m:?}");
-    s.split([' ', '(', '{'])
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 impl AgentClient {
     /// Takes over a connected stream to an agent: waits up to `timeout` for
     /// its hello (asking `liveness`, if given, while waiting), answers it and
@@ -349,7 +357,7 @@ impl AgentClient {
                 Read1::Msg(Message::Error { kind, message, .. }) => {
                     return Err(Error::Agent { kind, message })
                 }
-                Read1::Msg(m) => return Err(Error::NoHello(describe(&m))),
+                Read1::Msg(m) => return Err(Error::NoHello(m.name().to_string())),
                 Read1::Eof => {
                     return Err(Error::Disconnected(
                         "the agent closed the connection before its hello".into(),
@@ -486,21 +494,14 @@ impl AgentClient {
     /// Waits up to `timeout` until the agent reports container `container`
     /// removed.
     pub fn wait_removed(&self, container: ContainerId, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.shared.lock();
-        loop {
+        let answer = self.shared.wait_for(Instant::now() + timeout, |g| {
             if g.removed.contains(&container) {
-                return Ok(());
+                Some(Ok(()))
+            } else {
+                g.ended.clone().map(|why| Err(Error::Disconnected(why)))
             }
-            if let Some(why) = &g.ended {
-                return Err(Error::Disconnected(why.clone()));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout(timeout));
-            }
-            g = self.shared.wait(g, Some(left));
-        }
+        });
+        answer.unwrap_or(Err(Error::Timeout(timeout)))
     }
 
     /// Why the connection ended, if it did.
@@ -510,18 +511,8 @@ impl AgentClient {
 
     /// Waits up to `timeout` for the connection to end; returns why.
     pub fn wait_ended(&self, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.shared.lock();
-        loop {
-            if let Some(e) = &g.ended {
-                return Some(e.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            g = self.shared.wait(g, Some(deadline - now));
-        }
+        self.shared
+            .wait_for(Instant::now() + timeout, |g| g.ended.clone())
     }
 
     /// Closes the connection (both directions); the reader thread ends.
@@ -685,7 +676,7 @@ fn dispatch(shared: &Shared, m: Message) -> Option<String> {
         other => {
             end = Some(format!(
                 "the agent sent {}, which only the host sends",
-                describe(&other)
+                other.name()
             ))
         }
     }

@@ -186,12 +186,7 @@ impl Agent {
             .filter(|p| p.container == container && p.status.is_none())
             .map(|p| p.pid)
             .collect();
-        for pid in pids {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            if let sys::Wait::Exited(pid, status) = sys::waitpid(pid, 0) {
-                self.set_status(pid, status);
-            }
-        }
+        self.kill_and_wait(&pids);
         self.reap();
         if let Some(mut slot) = self.containers.remove(&container) {
             slot.container.remove();
@@ -308,12 +303,7 @@ impl Agent {
         } else {
             // A subreaper among other processes: only what we started.
             let pids: Vec<_> = self.procs.iter().map(|p| p.pid).collect();
-            for pid in pids {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                if let sys::Wait::Exited(pid, status) = sys::waitpid(pid, 0) {
-                    self.set_status(pid, status);
-                }
-            }
+            self.kill_and_wait(&pids);
         }
         self.reap();
         if let (Some(id), Some(status)) = (self.main_id, self.main_status) {
@@ -330,6 +320,17 @@ impl Agent {
             slot.container.remove();
         }
         self.containers.clear();
+    }
+
+    /// Kills each of our processes `pids` and waits for it, recording its
+    /// status (reported by the next `reap`).
+    fn kill_and_wait(&mut self, pids: &[libc::pid_t]) {
+        for &pid in pids {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            if let sys::Wait::Exited(pid, status) = sys::waitpid(pid, 0) {
+                self.set_status(pid, status);
+            }
+        }
     }
 
     /// Whether a process of `container` that ended with `status` was the

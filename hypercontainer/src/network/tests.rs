@@ -105,18 +105,25 @@ fn default_routes_are_found_in_proc() {
     );
 }
 
+/// Whether this host cannot run passt for a sandbox (no passt, or no
+/// default route for it); says so.
+fn no_passt_here() -> bool {
+    let none = Uplink {
+        ipv4: false,
+        ipv6: false,
+    };
+    let missing = passt_binary().is_err() || Uplink::of_host() == none;
+    if missing {
+        eprintln!("skipped: no passt or no default route");
+    }
+    missing
+}
+
 /// passt as the SDK runs it, on this host: ready, ports bound, gone when
 /// dropped (skipped where passt or a default route is missing).
 #[test]
 fn real_passt_binds_ports_and_leaves_with_its_handle() {
-    if passt_binary().is_err()
-        || Uplink::of_host()
-            == (Uplink {
-                ipv4: false,
-                ipv6: false,
-            })
-    {
-        eprintln!("skipped: no passt or no default route");
+    if no_passt_here() {
         return;
     }
     let user = Network::user().publish(PortMapping::tcp(0, 80));
@@ -148,14 +155,7 @@ fn real_passt_binds_ports_and_leaves_with_its_handle() {
 
 #[test]
 fn a_passt_that_dies_is_reported() {
-    if passt_binary().is_err()
-        || Uplink::of_host()
-            == (Uplink {
-                ipv4: false,
-                ipv6: false,
-            })
-    {
-        eprintln!("skipped: no passt or no default route");
+    if no_passt_here() {
         return;
     }
     let (_device, _guest, running) = Network::user().start().expect("start passt");
