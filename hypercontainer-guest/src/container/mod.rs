@@ -103,13 +103,9 @@ pub struct Container {
     init_pid: Option<libc::pid_t>,
 }
 
-/// The cgroup name of container `id` (the first one keeps the name it had
-/// when a VM held one container).
+/// The cgroup name of container `id`.
 fn cgroup_name(id: ContainerId) -> String {
-    match id {
-        1 => "container".into(),
-        id => format!("container-{id}"),
-    }
+    format!("container-{id}")
 }
 
 impl Container {
