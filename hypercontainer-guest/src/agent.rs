@@ -345,6 +345,7 @@ impl Agent {
                 process,
             } => self.exec(id, container, &process),
             Message::Remove { container } => self.remove(container),
+            Message::Stats { container } => self.stats(container),
             Message::Shutdown => self.shutdown = true,
             Message::Stdin { id, data } => return self.stdin(id, data),
             Message::CloseStdin { id } => {

@@ -45,6 +45,18 @@ pub enum Error {
     /// part of a path component.
     #[error("virtio-fs tag {0:?} is not a valid share name")]
     BadShareTag(String),
+    /// An overlay root names no lower directory, or more than
+    /// [`hypercontainer_protocol::MAX_LOWERS`].
+    #[error("an overlay root needs 1 to {max} lower directories, not {0}", max = hypercontainer_protocol::MAX_LOWERS)]
+    LowerCount(usize),
+    /// A lower directory is not absolute, or holds a character that
+    /// overlayfs's option string cannot carry (`:`, `,`, `\\`).
+    #[error("overlay lower directory {0:?} must be an absolute path without ':', ',' or '\\'")]
+    BadLower(String),
+    /// The overlay's options do not fit in the page the kernel reads them
+    /// from (too many or too long lower paths).
+    #[error("the overlay options are {0} bytes, more than the kernel's 4095: use fewer layers")]
+    OverlayOptionsTooLong(usize),
     /// A layer's disk serial cannot name a directory.
     #[error("layer serial {0:?} cannot name a directory")]
     BadLayerSerial(String),
@@ -270,6 +282,9 @@ fn overlay(work: &Path, lower: &[PathBuf], upper: &Upper) -> Result<PathBuf> {
         upperdir.display(),
         workdir.display()
     );
+    if opts.len() > 4095 {
+        return Err(Error::OverlayOptionsTooLong(opts.len()));
+    }
     mount("overlay", &root, Some("overlay"), 0, Some(&opts))?;
     crate::trace::trace!("overlay mounted");
     Ok(root)
@@ -349,12 +364,19 @@ pub fn prepare(spec: &Rootfs, work: &Path) -> Result<PathBuf> {
             let lower = mount_layers(work, layers)?;
             overlay(work, &lower, upper)
         }
-        Rootfs::Overlay { lower, upper } => {
-            let p = PathBuf::from(lower);
-            if !p.is_absolute() {
-                return Err(Error::NotAbsolute(lower.clone()));
+        Rootfs::Overlay { lowers, upper } => {
+            if lowers.is_empty() || lowers.len() > hypercontainer_protocol::MAX_LOWERS {
+                return Err(Error::LowerCount(lowers.len()));
             }
-            overlay(work, &[p], upper)
+            let mut dirs = Vec::with_capacity(lowers.len());
+            for lower in lowers {
+                let p = PathBuf::from(lower);
+                if !p.is_absolute() || lower.contains([':', ',', '\\']) {
+                    return Err(Error::BadLower(lower.clone()));
+                }
+                dirs.push(p);
+            }
+            overlay(work, &dirs, upper)
         }
     }
 }

@@ -199,9 +199,9 @@ impl Enc<'_> {
                 self.strs(layers)?;
                 self.upper(upper)
             }
-            Rootfs::Overlay { lower, upper } => {
+            Rootfs::Overlay { lowers, upper } => {
                 self.u8(2);
-                self.str(lower)?;
+                self.strs(lowers)?;
                 self.upper(upper)
             }
         }
@@ -233,7 +233,10 @@ impl Enc<'_> {
                 self.u32(*container);
                 self.process(process)?;
             }
-            Message::Remove { container } | Message::Removed { container } => self.u32(*container),
+            Message::Remove { container }
+            | Message::Removed { container }
+            | Message::Stats { container } => self.u32(*container),
+            Message::ContainerStats(s) => self.container_stats(s),
             Message::Shutdown => {}
             Message::Stdin { id, data }
             | Message::Stdout { id, data }
@@ -471,7 +474,7 @@ impl<'a> Dec<'a> {
                 upper: self.upper()?,
             },
             _ => Rootfs::Overlay {
-                lower: self.str("overlay lower")?,
+                lowers: self.strs("overlay lowers")?,
                 upper: self.upper()?,
             },
         })
@@ -516,6 +519,9 @@ pub fn decode_body(body: &[u8]) -> Result<Message> {
             container: d.u32("container")?,
         },
         code::SHUTDOWN => Message::Shutdown,
+        code::STATS => Message::Stats {
+            container: d.u32("container")?,
+        },
         code::STDIN => Message::Stdin {
             id: d.u32("id")?,
             data: d.bytes("data")?,
@@ -578,6 +584,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message> {
         code::REMOVED => Message::Removed {
             container: d.u32("container")?,
         },
+        code::CONTAINER_STATS => Message::ContainerStats(Box::new(d.container_stats()?)),
         other => return Err(Error::UnknownType(other)),
     };
     if !d.buf.is_empty() {

@@ -128,7 +128,7 @@ pub use message::{
     Upper, WindowSize,
 };
 pub use net::{Interface, IpPrefix, Route, MAX_ADDRESSES, MAX_INTERFACES, MAX_ROUTES, MIN_MTU};
-pub use pod::{ContainerId, Create, Setup, Start};
+pub use pod::{ContainerId, ContainerStats, Create, Setup, Start};
 
 /// Version of this protocol; both sides must speak the same one (2: `Start`
 /// carries network interfaces; 3: `Start` carries the OCI runtime spec and
@@ -136,8 +136,12 @@ pub use pod::{ContainerId, Create, Setup, Start};
 /// [`Rootfs::Overlay`]; 5: an [`Interface`] has an MTU, IPv4 and IPv6
 /// addresses and routes; 6: pods, [`Message::Setup`] once and a
 /// [`Message::Create`] per container, [`Message::Exec`] names its
-/// container, [`Message::Remove`] and [`Message::Shutdown`]).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// container, [`Message::Remove`] and [`Message::Shutdown`]; 7:
+/// [`Rootfs::Overlay`] takes several lower directories, [`Message::Stats`]).
+pub const PROTOCOL_VERSION: u32 = 7;
+
+/// The most lower directories of a [`Rootfs::Overlay`].
+pub const MAX_LOWERS: usize = 128;
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -4,7 +4,7 @@
 //! of each variant is given by [`Message::type_code`]. Field order in the
 //! docs below is also the order on the wire.
 
-use crate::pod::{ContainerId, Create, Setup};
+use crate::pod::{ContainerId, ContainerStats, Create, Setup};
 
 /// Identifier of one process (and of its stdio streams) in a pod.
 ///
@@ -44,7 +44,7 @@ impl Hello {
 ///
 /// Wire: a tag byte, then the variant's fields: `0` [`Rootfs::Directory`]
 /// (`path: string`); `1` [`Rootfs::Layers`] (`layers: [string]`,
-/// `upper: Upper`); `2` [`Rootfs::Overlay`] (`lower: string`,
+/// `upper: Upper`); `2` [`Rootfs::Overlay`] (`lowers: [string]`,
 /// `upper: Upper`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rootfs {
@@ -64,12 +64,15 @@ pub enum Rootfs {
         /// Where writes go.
         upper: Upper,
     },
-    /// An existing directory of the agent's filesystem (typically a share
-    /// of [`Setup::shares`]) used read-only as the one lower layer of an
-    /// overlay, so that the container's writes never reach it.
+    /// Existing directories of the agent's filesystem (typically under a
+    /// share of [`Setup::shares`]: a `dir:` root, or the unpacked layer
+    /// trees of an image that no layer disk holds) used read-only as the
+    /// lower layers of an overlay, so that the container's writes never
+    /// reach them.
     Overlay {
-        /// Absolute path of the lower directory.
-        lower: String,
+        /// Absolute paths of the lower directories, lowest layer first (the
+        /// order of an OCI manifest); 1 to [`crate::MAX_LOWERS`] of them.
+        lowers: Vec<String>,
         /// Where writes go.
         upper: Upper,
     },
@@ -423,6 +426,14 @@ pub enum Message {
         /// The container.
         container: ContainerId,
     },
+    /// Host to agent (type `0x19`): report a container's resource use;
+    /// answered by [`Message::ContainerStats`] (with
+    /// [`ContainerStats::exists`] false for a container the agent does not
+    /// know). Wire: `container: u32`.
+    Stats {
+        /// The container.
+        container: ContainerId,
+    },
     /// Host to agent (type `0x18`): end the pod: kill every process,
     /// report every exit, flush and power the VM off. Wire: empty.
     Shutdown,
@@ -526,6 +537,9 @@ pub enum Message {
         /// The container.
         container: ContainerId,
     },
+    /// Agent to host (type `0x28`): the answer to [`Message::Stats`], see
+    /// [`ContainerStats`].
+    ContainerStats(Box<ContainerStats>),
     /// Agent to host (type `0x26`): something failed. Wire: `id: option<u32>`,
     /// `kind: u8`, `message: string`. With an id, the failure is that
     /// process's (it failed to start; an [`Message::Exited`] follows);
@@ -565,6 +579,8 @@ pub mod code {
     pub const REMOVE: u8 = 0x17;
     /// [`super::Message::Shutdown`]
     pub const SHUTDOWN: u8 = 0x18;
+    /// [`super::Message::Stats`]
+    pub const STATS: u8 = 0x19;
     /// The first type byte of the agent's messages.
     pub const FIRST_FROM_AGENT: u8 = 0x20;
     /// [`super::Message::BootStage`]
@@ -583,6 +599,8 @@ pub mod code {
     pub const ERROR: u8 = 0x26;
     /// [`super::Message::Removed`]
     pub const REMOVED: u8 = 0x27;
+    /// [`super::Message::ContainerStats`]
+    pub const CONTAINER_STATS: u8 = 0x28;
 }
 
 impl Message {
@@ -616,6 +634,8 @@ impl Message {
             Self::Exited { .. } => (code::EXITED, "Exited"),
             Self::Error { .. } => (code::ERROR, "Error"),
             Self::Removed { .. } => (code::REMOVED, "Removed"),
+            Self::Stats { .. } => (code::STATS, "Stats"),
+            Self::ContainerStats(_) => (code::CONTAINER_STATS, "ContainerStats"),
         }
     }
 

@@ -148,3 +148,30 @@ impl Start {
         ]
     }
 }
+
+/// A container's resource use, measured by the agent when asked
+/// ([`Message::Stats`]), with the guest's memory as a whole.
+///
+/// Wire, in order: `container: u32`, `exists: bool`, `memory_bytes: u64`,
+/// `cpu_usec: u64`, `pids: u32`, `guest_memory_total_kib: u64`,
+/// `guest_memory_available_kib: u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContainerStats {
+    /// The container asked about.
+    pub container: ContainerId,
+    /// Whether the agent knows it; when false, the other container fields
+    /// are zero (the guest's are still filled in).
+    pub exists: bool,
+    /// Memory charged to the container's cgroup (`memory.current`): its
+    /// processes' memory, page cache and tmpfs (its writable layer), and
+    /// kernel memory.
+    pub memory_bytes: u64,
+    /// CPU time of the container's processes (`cpu.stat` `usage_usec`).
+    pub cpu_usec: u64,
+    /// Processes and threads in the container (`pids.current`).
+    pub pids: u32,
+    /// The guest's memory (`MemTotal` of `/proc/meminfo`).
+    pub guest_memory_total_kib: u64,
+    /// The guest's memory available to new work (`MemAvailable`).
+    pub guest_memory_available_kib: u64,
+}

@@ -53,8 +53,8 @@ use std::time::{Duration, Instant};
 
 use hypercontainer_protocol::codec::{self, FrameDecoder};
 use hypercontainer_protocol::{
-    BootStage, ContainerId, Create, ErrorKind, Hello, Message, Process, ProcessId, Setup, Start,
-    WindowSize, MAX_DATA_CHUNK, PROTOCOL_VERSION, STDIN_WINDOW,
+    BootStage, ContainerId, ContainerStats, Create, ErrorKind, Hello, Message, Process, ProcessId,
+    Setup, Start, WindowSize, MAX_DATA_CHUNK, PROTOCOL_VERSION, STDIN_WINDOW,
 };
 
 /// How often a blocked read wakes up to ask the liveness hook.
@@ -200,6 +200,9 @@ struct State {
     agent_errors: Vec<(ErrorKind, String)>,
     /// Containers the agent reported removed.
     removed: Vec<ContainerId>,
+    /// The last [`Message::ContainerStats`] per container, with how many
+    /// came for it so far.
+    stats: HashMap<ContainerId, (u64, ContainerStats)>,
 }
 
 struct Shared {
@@ -471,6 +474,20 @@ impl AgentClient {
         self.send(&Message::Remove { container })
     }
 
+    /// Asks the agent for container `container`'s resource use and waits
+    /// up to `timeout` for the answer.
+    pub fn stats(&self, container: ContainerId, timeout: Duration) -> Result<ContainerStats> {
+        let before = self.shared.lock().stats.get(&container).map_or(0, |s| s.0);
+        self.send(&Message::Stats { container })?;
+        let answer = self.shared.wait_for(Instant::now() + timeout, |g| {
+            match g.stats.get(&container) {
+                Some((n, s)) if *n > before => Some(Ok(*s)),
+                _ => g.ended.clone().map(|why| Err(Error::Disconnected(why))),
+            }
+        });
+        answer.unwrap_or(Err(Error::Timeout(timeout)))
+    }
+
     /// Asks the agent to end the pod.
     pub fn shutdown(&self) -> Result<()> {
         self.send(&Message::Shutdown)
@@ -673,6 +690,10 @@ fn dispatch(shared: &Shared, m: Message) -> Option<String> {
             g.agent_errors.push((kind, message));
         }
         Message::Removed { container } => g.removed.push(container),
+        Message::ContainerStats(stats) => {
+            let e = g.stats.entry(stats.container).or_default();
+            *e = (e.0 + 1, *stats);
+        }
         other => {
             end = Some(format!(
                 "the agent sent {}, which only the host sends",

@@ -402,6 +402,13 @@ fn containers_of_a_pod_come_and_go_on_their_own() {
     a.client.remove(77).unwrap();
     wait_error(&a, "no container with id 77");
 
+    // Stats answer for a known container, and say so for an unknown one.
+    let known = a.client.stats(2, TIMEOUT).unwrap();
+    assert!(known.exists && known.container == 2, "{known:?}");
+    assert!(known.guest_memory_total_kib > 0, "{known:?}");
+    let unknown = a.client.stats(77, TIMEOUT).unwrap();
+    assert!(!unknown.exists && unknown.memory_bytes == 0, "{unknown:?}");
+
     // Removing a running container kills what runs in it.
     a.client.remove(2).unwrap();
     a.client.wait_removed(2, TIMEOUT).unwrap();

@@ -8,7 +8,8 @@
 //! kernel kills what else ran in it.
 
 use hypercontainer_protocol::{
-    BootStage, ContainerId, Create, ErrorKind, Interface, Message, Process, ProcessId, Setup,
+    BootStage, ContainerId, ContainerStats, Create, ErrorKind, Interface, Message, Process,
+    ProcessId, Setup,
 };
 
 use super::{error_chain, Agent, Mode, Proc};
@@ -192,6 +193,30 @@ impl Agent {
             slot.container.remove();
         }
         self.send(&Message::Removed { container });
+    }
+
+    /// [`Message::Stats`]: the container's cgroup figures and the guest's
+    /// memory, answered even for an unknown container (`exists` false).
+    pub(super) fn stats(&mut self, container: ContainerId) {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let mut stats = ContainerStats {
+            container,
+            guest_memory_total_kib: kib("MemTotal:"),
+            guest_memory_available_kib: kib("MemAvailable:"),
+            ..ContainerStats::default()
+        };
+        if let Some(slot) = self.containers.get(&container) {
+            (stats.memory_bytes, stats.cpu_usec, stats.pids) = slot.container.usage();
+            stats.exists = true;
+        }
+        self.send(&Message::ContainerStats(Box::new(stats)));
     }
 
     /// A process that could not start: its error, then its exit (for the

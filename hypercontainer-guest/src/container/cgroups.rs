@@ -300,6 +300,21 @@ impl Cgroup {
         })
     }
 
+    /// What its processes use: (`memory.current` in bytes, `cpu.stat`
+    /// `usage_usec`, `pids.current`); a value its controller does not give
+    /// is 0.
+    pub fn usage(&self) -> (u64, u64, u32) {
+        let read = |f: &str| fs::read_to_string(self.path.join(f)).unwrap_or_default();
+        let memory = read("memory.current").trim().parse().unwrap_or(0);
+        let cpu = read("cpu.stat")
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let pids = read("pids.current").trim().parse().unwrap_or(0);
+        (memory, cpu, pids)
+    }
+
     /// Kills what is left in it, waits (up to a second) until it is empty,
     /// and removes it.
     pub fn remove(self) -> Result<()> {

@@ -230,6 +230,12 @@ impl Container {
         self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
     }
 
+    /// What the container's cgroup says its processes use (memory bytes,
+    /// CPU microseconds, pids); zeros without a cgroup.
+    pub fn usage(&self) -> (u64, u64, u32) {
+        self.cgroup.as_ref().map_or((0, 0, 0), |c| c.usage())
+    }
+
     /// Frees the container: its cgroup (what is left in it is killed) and
     /// its root filesystem's mounts.
     pub fn remove(&mut self) {

@@ -3,7 +3,7 @@
 //! [`crate::pod`]).
 
 use super::{Dec, Enc, Result};
-use crate::pod::{Create, Setup};
+use crate::pod::{ContainerStats, Create, Setup};
 
 impl Enc<'_> {
     pub(super) fn setup(&mut self, s: &Setup) -> Result<()> {
@@ -22,6 +22,16 @@ impl Enc<'_> {
         self.strs(&c.shares)?;
         self.process(&c.process)?;
         self.spec(&c.spec)
+    }
+
+    pub(super) fn container_stats(&mut self, s: &ContainerStats) {
+        self.u32(s.container);
+        self.bool(s.exists);
+        self.u64(s.memory_bytes);
+        self.u64(s.cpu_usec);
+        self.u32(s.pids);
+        self.u64(s.guest_memory_total_kib);
+        self.u64(s.guest_memory_available_kib);
     }
 }
 
@@ -45,6 +55,18 @@ impl Dec<'_> {
             shares: self.strs("share tags")?,
             process: self.process()?,
             spec: self.spec()?,
+        })
+    }
+
+    pub(super) fn container_stats(&mut self) -> Result<ContainerStats> {
+        Ok(ContainerStats {
+            container: self.u32("container")?,
+            exists: self.bool("exists")?,
+            memory_bytes: self.u64("memory")?,
+            cpu_usec: self.u64("cpu time")?,
+            pids: self.u32("pids")?,
+            guest_memory_total_kib: self.u64("guest memory")?,
+            guest_memory_available_kib: self.u64("guest memory available")?,
         })
     }
 }

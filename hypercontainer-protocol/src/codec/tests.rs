@@ -92,7 +92,10 @@ fn all_messages() -> Vec<Message> {
             id: 3,
             ends_pod: false,
             rootfs: Rootfs::Overlay {
-                lower: "/run/hypercontainer/shares/root/rootfs".into(),
+                lowers: vec![
+                    "/run/hypercontainer/shares/root/layers/a/tree".into(),
+                    "/run/hypercontainer/shares/root/layers/b/tree".into(),
+                ],
                 upper: Upper::Tmpfs,
             },
             shares: Vec::new(),
@@ -107,6 +110,16 @@ fn all_messages() -> Vec<Message> {
         Message::Remove { container: 2 },
         Message::Shutdown,
         Message::Removed { container: 2 },
+        Message::Stats { container: 9 },
+        Message::ContainerStats(Box::new(crate::pod::ContainerStats {
+            container: 9,
+            exists: true,
+            memory_bytes: 3 << 20,
+            cpu_usec: 1234,
+            pids: 2,
+            guest_memory_total_kib: 240_000,
+            guest_memory_available_kib: 200_000,
+        })),
         Message::Stdin {
             id: 7,
             data: b"input\n".to_vec(),
@@ -192,7 +205,7 @@ fn every_type_has_its_own_code_and_name() {
     let names: std::collections::BTreeSet<_> = seen.values().collect();
     assert_eq!(names.len(), seen.len());
     // Every variant is covered by the list.
-    assert_eq!(seen.len(), 18);
+    assert_eq!(seen.len(), 20);
 }
 
 #[test]

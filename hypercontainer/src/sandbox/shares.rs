@@ -71,7 +71,7 @@ pub(super) fn plan(
             Rootfs::Directory { path }
         } else {
             Rootfs::Overlay {
-                lower: path,
+                lowers: vec![path],
                 upper: Upper::Tmpfs,
             }
         });
@@ -170,7 +170,7 @@ mod tests {
         assert!(dev.shares[2].1.read_only);
         assert!(data.path().join("volumes/cache/_data").is_dir());
         assert!(
-            matches!(&s.rootfs, Some(Rootfs::Overlay { lower, .. }) if lower.ends_with("/hcfs/rootfs"))
+            matches!(&s.rootfs, Some(Rootfs::Overlay { lowers, .. }) if lowers[0].ends_with("/hcfs/rootfs"))
         );
         assert_eq!(s.mounts[0].destination(), Path::new("/a"));
         assert_eq!(
