@@ -272,3 +272,94 @@ fn show(cmd: &Command) -> String {
 fn context(e: io::Error, what: String) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
+
+/// Writes, as an OCI image layout at `out` tagged [`TAG`], an image
+/// derived from the [`TAG`] image of the oci-archive `base`: its layers,
+/// then one more layer holding `files` (path, contents; mode 0644, owned
+/// by root; parent directories must exist below), with the config's Cmd
+/// set to `cmd`. The new image has a config, and so an id, of its own,
+/// and shares the base's layers; no tool beyond this crate is needed.
+pub fn write_derived_layout(
+    base: &Path,
+    out: &Path,
+    files: &[(&str, &[u8])],
+    cmd: &[&str],
+) -> io::Result<()> {
+    use sha2::{Digest as _, Sha256};
+    let other = |e: crate::SourceError| io::Error::other(e.to_string());
+    let img = crate::ImageSource::OciArchive {
+        path: base.to_owned(),
+    }
+    .open(
+        Some(TAG),
+        &crate::Platform::default(),
+        &crate::Limits::default(),
+    )
+    .map_err(other)?;
+    let blobs = out.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(|e| context(e, format!("creating {}", blobs.display())))?;
+    let put = |data: &[u8]| -> io::Result<(String, usize)> {
+        let hex = hex::encode(Sha256::digest(data));
+        fs::write(blobs.join(&hex), data).map_err(|e| context(e, format!("writing blob {hex}")))?;
+        Ok((format!("sha256:{hex}"), data.len()))
+    };
+    let mut layers = Vec::new();
+    for i in 0..img.layers().len() {
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut img.open_layer(i).map_err(other)?, &mut data)?;
+        let media = match data.get(..2) {
+            Some([0x1f, 0x8b]) => "application/vnd.oci.image.layer.v1.tar+gzip",
+            _ => "application/vnd.oci.image.layer.v1.tar",
+        };
+        let (digest, size) = put(&data)?;
+        layers.push(serde_json::json!({"mediaType": media, "digest": digest, "size": size}));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path.trim_start_matches('/'), *data)?;
+    }
+    let layer = tar.into_inner()?;
+    let (layer_digest, layer_size) = put(&layer)?;
+    layers.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": layer_digest,
+        "size": layer_size,
+    }));
+    let mut config: serde_json::Value = serde_json::from_slice(img.config_json())
+        .map_err(|e| io::Error::other(format!("the base image's config: {e}")))?;
+    config["config"]["Cmd"] = serde_json::json!(cmd);
+    if let Some(ids) = config["rootfs"]["diff_ids"].as_array_mut() {
+        ids.push(serde_json::json!(layer_digest));
+    }
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": layers,
+    });
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": TAG},
+        }],
+    });
+    fs::write(out.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
+}

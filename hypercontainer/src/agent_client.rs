@@ -521,6 +521,16 @@ impl AgentClient {
         answer.unwrap_or(Err(Error::Timeout(timeout)))
     }
 
+    /// Drops what the client keeps about processes `ids` (their buffered
+    /// output and exit status), e.g. once their container was removed;
+    /// their handles then report that the process is unknown.
+    pub fn forget(&self, ids: &[ProcessId]) {
+        let mut g = self.shared.lock();
+        for id in ids {
+            g.procs.remove(id);
+        }
+    }
+
     /// Why the connection ended, if it did.
     pub fn ended(&self) -> Option<String> {
         self.shared.lock().ended.clone()

@@ -29,6 +29,8 @@
 //!
 //! - [`sandbox`]: the front door: [`SandboxBuilder`], [`Sandbox`],
 //!   [`Process`]; image in, container process out.
+//! - [`pod`] and [`container`]: one VM, several containers that come and
+//!   go ([`Pod`], [`Container`]); a [`Sandbox`] is a pod of one.
 //! - [`agent_client`]: the host side of the agent protocol.
 //! - [`vmm`]: the VMM core: guest memory, vCPU threads and their run loop,
 //!   kernel loading, the serial console, the device buses and the virtio
@@ -40,14 +42,18 @@
 #![warn(missing_docs)]
 
 pub mod agent_client;
+pub mod container;
 pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
 pub mod network;
+pub mod pod;
 pub mod sandbox;
 pub mod spec;
 pub mod vmm;
 pub mod volume;
 
+pub use container::{Container, ContainerSpec};
+pub use pod::{Pod, PodBuilder};
 pub use sandbox::{Exec, ImageRef, Output, Process, Sandbox, SandboxBuilder};

@@ -1,7 +1,7 @@
 //! Sandbox ids and each sandbox's temporary directory.
 
 /// A fresh random sandbox id (32 hex digits).
-pub(super) fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; 16];
     // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };

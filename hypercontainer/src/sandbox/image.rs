@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::Error;
-use crate::kernel;
+use hypercontainer_image::SourceError;
 use hypercontainer_image::{
     registry::ProgressFn, Client, ClientOptions, Image, ImageSource, ImageStore, Reference,
     ReferenceError, StoreError,
 };
-use hypercontainer_image::{ProcessOverrides, SourceError};
 
 /// The image of a sandbox.
 ///
@@ -226,7 +225,7 @@ impl ImageRef {
 }
 
 /// Applies the store's answer to a not-found check.
-fn image_err(image: &ImageRef, e: StoreError) -> Error {
+pub(crate) fn image_err(image: &ImageRef, e: StoreError) -> Error {
     let missing = match &e {
         StoreError::Source(SourceError::Missing(_) | SourceError::ReferenceNotFound(_))
         | StoreError::NotPulled { .. }
@@ -250,76 +249,7 @@ fn image_err(image: &ImageRef, e: StoreError) -> Error {
     }
 }
 
-/// Where a sandbox's root filesystem comes from.
-#[derive(Debug)]
-pub(super) enum RootSource {
-    /// The image's layers as EROFS images, lowest first: one read-only
-    /// disk each.
-    Layers(Vec<PathBuf>),
-    /// A prepared directory, shared over virtio-fs.
-    Directory(PathBuf),
-}
-
-/// Resolves the image (importing or pulling it when needed) and merges its
-/// config with the caller's overrides.
-pub(super) fn prepare_image(
-    image: &ImageRef,
-    store: Option<&ImageStore>,
-    pull: &PullOptions,
-    overrides: &ProcessOverrides,
-) -> super::Result<(RootSource, hypercontainer_image::ProcessDefaults)> {
-    let config;
-    let root = match image {
-        ImageRef::Source { .. } | ImageRef::Registry(_) => {
-            if let Some(p) = image_path(image) {
-                if !p.exists() {
-                    return Err(Error::ImageNotFound {
-                        image: image.describe(),
-                        source: Box::new(StoreError::Source(SourceError::Missing(
-                            p.display().to_string(),
-                        ))),
-                    });
-                }
-            }
-            let opened;
-            let store = match store {
-                Some(s) => s,
-                None => {
-                    let root = kernel::cache_dir()?.join("images");
-                    opened = ImageStore::open(&root).map_err(|e| Error::Image {
-                        image: image.describe(),
-                        source: Box::new(e),
-                    })?;
-                    &opened
-                }
-            };
-            let img = import(image, store, pull).map_err(|e| image_err(image, e))?;
-            config = img.config.clone();
-            RootSource::Layers(layer_files(&img)?)
-        }
-        ImageRef::Imported(img) => {
-            config = img.config.clone();
-            RootSource::Layers(layer_files(img)?)
-        }
-        ImageRef::Rootfs(dir) => {
-            if !dir.is_dir() {
-                return Err(Error::ImageNotFound {
-                    image: image.describe(),
-                    source: Box::new(StoreError::Source(SourceError::Missing(
-                        dir.display().to_string(),
-                    ))),
-                });
-            }
-            config = empty_config();
-            RootSource::Directory(dir.clone())
-        }
-    };
-    let defaults = hypercontainer_image::process::process_defaults(&config, overrides)
-        .map_err(Error::Process)?;
-    Ok((root, defaults))
-}
-
-fn image_path(image: &ImageRef) -> Option<&Path> {
+pub(crate) fn image_path(image: &ImageRef) -> Option<&Path> {
     use hypercontainer_image::ImageSource::*;
     match image {
         ImageRef::Source {
@@ -328,22 +258,6 @@ fn image_path(image: &ImageRef) -> Option<&Path> {
         } => Some(path),
         _ => None,
     }
-}
-
-/// The config of a bare root filesystem: nothing but the defaults.
-fn empty_config() -> oci_spec::image::ImageConfiguration {
-    oci_spec::image::ImageConfiguration::default()
-}
-
-fn layer_files(img: &hypercontainer_image::Image) -> super::Result<Vec<PathBuf>> {
-    img.layers
-        .iter()
-        .map(|l| {
-            l.erofs_path
-                .clone()
-                .ok_or_else(|| Error::NoLayerImage(l.diff_id.to_string()))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -47,38 +47,36 @@
 
 mod builder;
 mod exit_status;
-mod id;
-mod image;
+pub(crate) mod id;
+pub(crate) mod image;
 mod process;
-mod shares;
-mod signal;
+pub(crate) mod signal;
 mod start;
-mod watch;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hypercontainer_image::StoreError;
-use hypercontainer_protocol::{BootStage, ErrorKind, Process as ProtoProcess};
+use hypercontainer_protocol::{BootStage, ErrorKind};
 
-use crate::agent_client::{self, AgentClient, OutputReader, ProcessHandle, StdinWriter};
+use crate::agent_client::{self, OutputReader, ProcessHandle, StdinWriter};
+use crate::container::Container;
 use crate::guest::AgentError;
 use crate::kernel::KernelError;
+use crate::pod::Pod;
 use crate::spec;
-use crate::vmm::{self, Vm};
+use crate::vmm;
 
 pub use crate::agent_client::Output;
 pub use crate::spec::{Limits, Seccomp, Tmpfs, Ulimit};
 /// The image store and image sources, re-exported for [`SandboxBuilder::image_store`]
 /// and [`ImageRef::Source`].
 pub use hypercontainer_image::{Image, ImageSource, ImageStore};
-use watch::{boot_failure, lock, Ended};
 
+pub use crate::pod::FS_TAG;
 pub use builder::SandboxBuilder;
 pub use image::{ImageRef, ParseImageRefError, PullOptions, PullPolicy};
 pub use process::{Exec, Process};
-pub use shares::FS_TAG;
 pub use signal::parse_signal;
 
 /// Kernel command line of a sandbox VM (the VMM appends its devices).
@@ -128,6 +126,26 @@ pub enum Error {
     /// one); open the store with EROFS images enabled.
     #[error("layer {0} has no EROFS image: use an image store that builds them")]
     NoLayerImage(String),
+    /// An imported layer has no unpacked tree, which an image the pod did
+    /// not preload needs: open the store with
+    /// [`keep_trees`](hypercontainer_image::ImageStoreBuilder::keep_trees),
+    /// or preload the image.
+    #[error(
+        "layer {0} has no unpacked tree: preload the image (PodBuilder::preload) or give the pod \
+         an image store that keeps trees"
+    )]
+    NoLayerTree(String),
+    /// The pod was dropped or its VM ended; the container is gone with it.
+    #[error("the pod is gone (dropped, or its VM ended)")]
+    PodGone,
+    /// The container is not in a state that allows the call.
+    #[error("container {container} {state}")]
+    ContainerState {
+        /// The container's name.
+        container: String,
+        /// Its state, and what to do (e.g. "is not started: call start").
+        state: &'static str,
+    },
     /// The image and the overrides give no valid process.
     #[error("the process to run")]
     Process(#[source] hypercontainer_image::ProcessError),
@@ -227,7 +245,7 @@ pub enum Error {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn agent_err(e: agent_client::Error) -> Error {
+pub(crate) fn agent_err(e: agent_client::Error) -> Error {
     match e {
         agent_client::Error::Spawn {
             kind,
@@ -252,14 +270,6 @@ pub struct Disk {
     pub read_only: bool,
     /// Its serial (at most 20 bytes; `layer*` is reserved).
     pub serial: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct HostTimes {
-    image_ready: Duration,
-    vm_built: Duration,
-    first_run: Option<Duration>,
-    agent_connected: Duration,
 }
 
 /// How long each stage of a sandbox's start took.
@@ -294,26 +304,18 @@ pub struct BootTimings {
     pub first_output: Option<Duration>,
 }
 
-/// A running sandbox: one VM running one container. See the
-/// [module docs](self).
+/// A running sandbox: one VM running one container, a [`Pod`] whose only
+/// container's end ends the VM. See the [module docs](self).
 pub struct Sandbox {
-    id: String,
-    main: ProcessHandle,
-    client: AgentClient,
-    vm: Arc<Mutex<Vm>>,
-    ended: Ended,
-    stop_signal: i32,
-    template: ProtoProcess,
-    t0: Instant,
-    host: HostTimes,
-    /// Last: passt outlives the VM's end of its socket.
-    network: crate::network::Running,
+    handle: ProcessHandle,
+    main: Container,
+    pod: Pod,
 }
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
-            .field("id", &self.id)
+            .field("id", &self.pod.id())
             .finish_non_exhaustive()
     }
 }
@@ -326,12 +328,22 @@ impl Sandbox {
 
     /// The sandbox's id (32 hex digits, random).
     pub fn id(&self) -> &str {
-        &self.id
+        self.pod.id()
+    }
+
+    /// The pod the sandbox is: its VM-wide calls.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    /// The sandbox's container.
+    pub fn container(&self) -> &Container {
+        &self.main
     }
 
     /// The main process's pid in the guest.
     pub fn pid(&self) -> Option<u32> {
-        self.main.pid()
+        self.handle.pid()
     }
 
     /// The ports published on the host ([`UserNetwork::publish`]), as
@@ -339,182 +351,128 @@ impl Sandbox {
     ///
     /// [`UserNetwork::publish`]: crate::network::UserNetwork::publish
     pub fn ports(&self) -> &[crate::network::PublishedPort] {
-        self.network.ports()
+        self.pod.ports()
     }
 
     /// Why the sandbox's network went down while it ran, if it did (in
     /// user mode: passt ended, e.g. killed). The sandbox runs on; only its
     /// NIC has no other end.
     pub fn network_error(&self) -> Option<crate::network::Error> {
-        self.network.failure()
+        self.pod.network_error()
     }
 
     /// The pid of the sandbox's passt on the host (user mode), e.g. to
     /// account for its resources.
     pub fn passt_pid(&self) -> Option<u32> {
-        self.network.passt_pid()
+        self.pod.passt_pid()
     }
 
     /// The main process's stdout (when [`Output::Piped`]); once.
     pub fn stdout(&self) -> Result<OutputReader> {
-        self.main.stdout().map_err(agent_err)
+        self.handle.stdout().map_err(agent_err)
     }
 
     /// The main process's stderr (when [`Output::Piped`]); once.
     pub fn stderr(&self) -> Result<OutputReader> {
-        self.main.stderr().map_err(agent_err)
+        self.handle.stderr().map_err(agent_err)
     }
 
     /// A writer for the main process's stdin (see
     /// [`SandboxBuilder::stdin`]).
     pub fn stdin(&self) -> StdinWriter {
-        self.main.stdin()
+        self.handle.stdin()
     }
 
     /// Ends the main process's stdin.
     pub fn close_stdin(&self) -> Result<()> {
-        self.main.close_stdin().map_err(agent_err)
+        self.handle.close_stdin().map_err(agent_err)
     }
 
     /// Resizes the main process's terminal.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        self.main.resize(rows, cols).map_err(agent_err)
+        self.handle.resize(rows, cols).map_err(agent_err)
     }
 
     /// Waits for the main process to end: its exit code, or 128 + the
     /// signal that killed it. An error if the guest died first.
     pub fn wait(&self) -> Result<i32> {
-        self.main.wait().map_err(|e| self.died(e))
+        self.main.wait()
     }
 
     /// Like [`wait`](Self::wait), giving up after `timeout` with `Ok(None)`.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
-        self.main.wait_timeout(timeout).map_err(|e| self.died(e))
+        self.main.wait_timeout(timeout)
     }
 
     /// The exit status, if the main process ended.
     pub fn try_wait(&self) -> Option<i32> {
-        self.main.try_status()
+        self.handle.try_status()
     }
 
     /// Whether the main process was ended by the kernel's OOM killer (the
     /// container exceeded its memory limit, [`Limits::memory`]); its exit
     /// status is then 137. Docker reports this as `OOMKilled`.
     pub fn oom_killed(&self) -> bool {
-        self.main.oom_killed()
-    }
-
-    fn died(&self, e: agent_client::Error) -> Error {
-        boot_failure(&self.vm, &self.ended, "while the process ran", e)
+        self.handle.oom_killed()
     }
 
     /// Sends a signal (Linux number, e.g. `libc::SIGTERM`) to the main process.
     pub fn kill(&self, signal: i32) -> Result<()> {
-        self.main.signal(signal).map_err(|e| self.died(e))
+        self.main.kill(signal)
     }
 
     /// Stops the main process: the image's StopSignal (default SIGTERM),
     /// then SIGKILL after `grace`. Returns its exit status. If even SIGKILL
     /// gets no answer in 10 s, the VM is stopped and an error returned.
     pub fn stop(&self, grace: Duration) -> Result<i32> {
-        if let Some(s) = self.main.try_status() {
-            return Ok(s);
-        }
-        self.kill(self.stop_signal)?;
-        if let Some(s) = self.wait_timeout(grace)? {
-            return Ok(s);
-        }
-        self.kill(libc::SIGKILL)?;
-        match self.wait_timeout(Duration::from_secs(10))? {
-            Some(s) => Ok(s),
-            None => {
-                lock(&self.vm).stop();
-                Err(Error::GuestDied {
-                    stage: "while stopping",
-                    reason: "the agent did not report the process's end after SIGKILL; the VM \
-                             was stopped"
-                        .into(),
-                    console: lock(&self.vm).console_tail(),
-                })
-            }
-        }
+        self.main.stop(grace)
     }
 
     /// Runs another process in the container; returns once it started.
     pub fn exec(&self, cmd: Exec) -> Result<Process> {
-        let mut p = self.template.clone();
-        p.argv = cmd.argv;
-        if p.argv.is_empty() {
-            return Err(Error::Config("exec needs a command".into()));
-        }
-        for e in cmd.env {
-            let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string();
-            p.env
-                .retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
-            p.env.push(e);
-        }
-        if let Some(c) = cmd.cwd {
-            p.cwd = c;
-        }
-        if let Some(u) = cmd.user {
-            p.user = u;
-        }
-        p.terminal = cmd.tty.is_some();
-        p.window = cmd.tty;
-        let h = self
-            .client
-            .exec(p, cmd.stdout, cmd.stderr)
-            .map_err(|e| self.died(e))?;
-        if !cmd.stdin {
-            h.close_stdin().map_err(|e| self.died(e))?;
-        }
-        h.wait_started(None).map_err(|e| self.died(e))?;
-        Ok(Process { handle: h })
+        self.main.exec(cmd)
+    }
+
+    /// The container's resource use and the guest's memory, from the agent.
+    pub fn stats(&self) -> Result<crate::container::ContainerStats> {
+        self.main.stats()
     }
 
     /// Start timings: host stages, the agent's boot stages, first output.
     pub fn boot_timings(&self) -> BootTimings {
-        let stages = self.client.boot_stages();
+        let inner = &self.pod.inner;
+        let stages = inner.client.boot_stages();
         let stage = |s: BootStage| stages.iter().find(|r| r.stage == s).map(|r| r.guest_time);
-        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.t0));
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(inner.t0));
+        let (started, first_output) = self.main.main_times();
         BootTimings {
-            image_ready: self.host.image_ready,
-            vm_built: self.host.vm_built,
-            first_kvm_run: self.host.first_run,
-            agent_connected: self.host.agent_connected,
+            image_ready: inner.host.image_ready,
+            vm_built: inner.host.vm_built,
+            first_kvm_run: inner.host.first_run,
+            agent_connected: inner.host.agent_connected,
             guest_agent_start: stage(BootStage::AgentStart),
             guest_start_received: stage(BootStage::StartReceived),
             guest_rootfs_ready: stage(BootStage::RootfsReady),
             guest_process_exec: stage(BootStage::ProcessExec),
-            process_started: since(self.main.started_at()),
-            first_output: since(self.main.first_output_at()),
+            process_started: since(started),
+            first_output: since(first_output),
         }
     }
 
     /// The last lines of the guest's serial console.
     pub fn console_tail(&self) -> Vec<String> {
-        lock(&self.vm).console_tail()
+        self.pod.console_tail()
     }
 
     /// Host memory the VMM uses beyond guest RAM, in KiB, for this process
     /// as a whole (see [`vmm::rss_excluding_guest_kib`]).
     pub fn vmm_rss_kib(&self) -> std::io::Result<u64> {
-        let vm = lock(&self.vm);
-        vmm::rss_excluding_guest_kib(&[&vm])
+        self.pod.vmm_rss_kib()
     }
 
     /// Whether the VM ended.
     pub fn is_finished(&self) -> bool {
-        lock(&self.vm).is_finished()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        lock(&self.vm).stop();
-        self.client.close();
-        // Fields drop next: the client joins its reader thread, the VM its
-        // vCPU and device threads, the scratch directory is removed.
+        self.pod.is_finished()
     }
 }
 
@@ -557,7 +515,7 @@ mod tests {
         check::<Process>();
         check::<OutputReader>();
         check::<StdinWriter>();
-        check::<AgentClient>();
+        check::<crate::agent_client::AgentClient>();
         check::<Error>();
     }
 

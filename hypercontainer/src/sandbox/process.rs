@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hypercontainer_protocol::WindowSize;
+use hypercontainer_protocol::{Process as ProtoProcess, WindowSize};
 
 use super::{agent_err, Output, Result};
 use crate::agent_client::{OutputReader, ProcessHandle, StdinWriter};
@@ -12,17 +12,42 @@ use crate::agent_client::{OutputReader, ProcessHandle, StdinWriter};
 /// come from the main process: environment, working directory, user.
 #[derive(Debug)]
 pub struct Exec {
-    pub(super) argv: Vec<String>,
-    pub(super) env: Vec<String>,
-    pub(super) cwd: Option<String>,
-    pub(super) user: Option<String>,
-    pub(super) tty: Option<WindowSize>,
-    pub(super) stdin: bool,
-    pub(super) stdout: Output,
-    pub(super) stderr: Output,
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<String>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) tty: Option<WindowSize>,
+    pub(crate) stdin: bool,
+    pub(crate) stdout: Output,
+    pub(crate) stderr: Output,
 }
 
 impl Exec {
+    /// The process to send: `template` (the main process) with this
+    /// command's settings.
+    pub(crate) fn process(&self, template: &ProtoProcess) -> super::Result<ProtoProcess> {
+        let mut p = template.clone();
+        p.argv = self.argv.clone();
+        if p.argv.is_empty() {
+            return Err(super::Error::Config("exec needs a command".into()));
+        }
+        for e in &self.env {
+            let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string();
+            p.env
+                .retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
+            p.env.push(e.clone());
+        }
+        if let Some(c) = &self.cwd {
+            p.cwd = c.clone();
+        }
+        if let Some(u) = &self.user {
+            p.user = u.clone();
+        }
+        p.terminal = self.tty.is_some();
+        p.window = self.tty;
+        Ok(p)
+    }
+
     /// `argv[0]` is looked up in the container's `PATH`.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Self {
         Exec {
@@ -84,7 +109,7 @@ impl Exec {
 /// A process started by [`Sandbox::exec`](super::Sandbox::exec). `Send + Sync`.
 #[derive(Debug, Clone)]
 pub struct Process {
-    pub(super) handle: ProcessHandle,
+    pub(crate) handle: ProcessHandle,
 }
 
 impl Process {

@@ -60,7 +60,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use hypercontainer_virtio::block::Block;
 use hypercontainer_virtio::console::Console;
-use hypercontainer_virtio::fs::{Fs, MultiShareConfig, ShareConfig};
+use hypercontainer_virtio::fs::{Fs, MultiShareConfig, ShareConfig, SharesHandle};
 use hypercontainer_virtio::net::{Net, Tap};
 use hypercontainer_virtio::rng::Rng;
 use hypercontainer_virtio::transport::mmio::MmioTransport;
@@ -441,6 +441,7 @@ impl DeviceList {
         let mut subscribers: Vec<Subscriber> = self.extra;
         let mut info = Vec::with_capacity(self.specs.len());
         let mut vsock_host = None;
+        let mut fs_shares = Vec::new();
         let mut console_input = None;
         for (index, spec) in self.specs.into_iter().enumerate() {
             info.push(DeviceInfo {
@@ -495,8 +496,14 @@ impl DeviceList {
                 }
                 DeviceSpec::MultiFs(config) => {
                     let tag = config.tag.clone();
-                    let dev =
-                        Fs::multi(config).map_err(|source| Error::Fs { index, tag, source })?;
+                    let dev = Fs::multi(config).map_err(|source| Error::Fs {
+                        index,
+                        tag: tag.clone(),
+                        source,
+                    })?;
+                    if let Some(handle) = dev.shares() {
+                        fs_shares.push((tag, handle));
+                    }
                     let dev = Arc::new(Mutex::new(dev));
                     (dev.clone(), dev)
                 }
@@ -542,6 +549,7 @@ impl DeviceList {
             Devices {
                 info,
                 vsock: vsock_host,
+                fs_shares,
                 console_input,
                 event_loop,
             },
@@ -581,6 +589,7 @@ impl BusDevice for TransportDevice {
 pub struct Devices {
     info: Vec<DeviceInfo>,
     vsock: Option<VsockHost>,
+    fs_shares: Vec<(String, SharesHandle)>,
     console_input: Option<ConsoleInput>,
     event_loop: Option<EventLoop>,
 }
@@ -603,6 +612,15 @@ impl Devices {
     /// The host side of the vsock device, if the VM has one.
     pub fn vsock(&self) -> Option<&VsockHost> {
         self.vsock.as_ref()
+    }
+
+    /// The handle that adds shares to the multi-share virtio-fs device
+    /// mounted as `tag`, while the VM runs, if it has one.
+    pub fn fs_shares(&self, tag: &str) -> Option<&SharesHandle> {
+        self.fs_shares
+            .iter()
+            .find(|(t, _)| t == tag)
+            .map(|(_, h)| h)
     }
 
     /// The input of the virtio console, if the VM has one.

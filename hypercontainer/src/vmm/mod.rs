@@ -1264,6 +1264,12 @@ impl Vm {
         self.devices.vsock()
     }
 
+    /// Adds shares to the VM's multi-share virtio-fs device mounted as
+    /// `tag` while it runs ([`VmBuilder::fs_multi`]), if it has one.
+    pub fn fs_shares(&self, tag: &str) -> Option<hypercontainer_virtio::fs::SharesHandle> {
+        self.devices.fs_shares(tag).cloned()
+    }
+
     /// The input of the virtio console, if the VM has one.
     pub fn virtio_console_input(&self) -> Option<&devices::ConsoleInput> {
         self.devices.console_input()

@@ -6,39 +6,39 @@ use std::time::{Duration, Instant};
 
 use hypercontainer_protocol::AGENT_VSOCK_PORT;
 
-use super::{agent_err, Error, Result};
 use crate::agent_client::{self, error_chain};
+use crate::sandbox::{agent_err, Error, Result};
 use crate::vmm::{self, Vm};
 
 /// Why the VM ended, once it did (collected once from the VMM).
 #[derive(Debug, Clone)]
-pub(super) struct VmEnd {
-    pub(super) reason: String,
-    pub(super) console: Vec<String>,
+pub(crate) struct VmEnd {
+    pub(crate) reason: String,
+    pub(crate) console: Vec<String>,
 }
 
 /// What the sandbox knows about the VM's end.
 #[derive(Debug, Default)]
-pub(super) struct Watch {
+pub(crate) struct Watch {
     /// The outcome, once collected.
     end: Option<VmEnd>,
     /// When the VM was first seen finished.
     finished_at: Option<Instant>,
 }
 
-pub(super) type Ended = Arc<Mutex<Watch>>;
+pub(crate) type Ended = Arc<Mutex<Watch>>;
 
 /// How long the connection may still deliver after the VM ended: the
 /// device loop may still hold the guest's last output (the process's exit
 /// among it), and reaping the VM stops that loop.
 const DRAIN: Duration = Duration::from_secs(1);
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Collects the VM's outcome if it ended.
-pub(super) fn collect_end(vm: &Mutex<Vm>, ended: &Mutex<Watch>) -> Option<VmEnd> {
+pub(crate) fn collect_end(vm: &Mutex<Vm>, ended: &Mutex<Watch>) -> Option<VmEnd> {
     if let Some(e) = lock(ended).end.clone() {
         return Some(e);
     }
@@ -64,7 +64,7 @@ pub(super) fn collect_end(vm: &Mutex<Vm>, ended: &Mutex<Watch>) -> Option<VmEnd>
 
 /// The reader's liveness hook: the VM's end, once it has been over for
 /// [`DRAIN`].
-pub(super) fn vm_gone(vm: &Weak<Mutex<Vm>>, ended: &Ended) -> Option<String> {
+pub(crate) fn vm_gone(vm: &Weak<Mutex<Vm>>, ended: &Ended) -> Option<String> {
     let vm = vm.upgrade()?;
     if let Some(e) = &lock(ended).end {
         return Some(e.reason.clone());
@@ -79,7 +79,7 @@ pub(super) fn vm_gone(vm: &Weak<Mutex<Vm>>, ended: &Ended) -> Option<String> {
     collect_end(&vm, ended).map(|e| e.reason)
 }
 
-pub(super) fn boot_failure(
+pub(crate) fn boot_failure(
     vm: &Mutex<Vm>,
     ended: &Mutex<Watch>,
     stage: &'static str,
@@ -107,7 +107,7 @@ pub(super) fn boot_failure(
 }
 
 /// Waits for the agent's vsock connection while watching the VM.
-pub(super) fn accept_agent(
+pub(crate) fn accept_agent(
     vm: &Mutex<Vm>,
     ended: &Mutex<Watch>,
     deadline: Instant,
