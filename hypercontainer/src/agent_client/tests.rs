@@ -1,6 +1,7 @@
 use super::*;
 use hypercontainer_protocol::codec::{read_message, write_message};
-use hypercontainer_protocol::{Rootfs, Upper};
+use hypercontainer_protocol::{Rootfs, Upper, MAX_DATA_CHUNK, STDIN_WINDOW};
+use std::io::Write;
 
 fn start() -> Start {
     Start {
