@@ -25,6 +25,16 @@
 //!   VMM's run is faster than one right after a start of its own, so the
 //!   two orders give different ratios; both are printed.
 //!
+//! - `runc` peer: `runc run` of a bundle of the same image (see
+//!   `common/runc.rs`), `HYPERCONTAINER_RUNC_PAIRS=N` (default 8)
+//!   alternating (sandbox, runc) starts, to the first stdout byte.
+//!
+//! The comparisons are groups of their own (`host_side`, `back_to_back`,
+//! `alternating`, `runc`; see `hypercontainer_benches::Groups`), so that
+//! `cargo xtask bench` runs each as a job and a lockup of the emulated host
+//! costs only the group it hit. Each ends with a `summary:` line: ours,
+//! the peer, the ratio and the sample counts.
+//!
 //! `HYPERCONTAINER_SHARE_PAIRS=N` adds N alternating pairs of starts that
 //! copy the kernel and share its pages
 //! (`SandboxBuilder::share_kernel_pages`), with the medians of each.
@@ -35,6 +45,8 @@
 
 #[path = "common/qemu.rs"]
 mod qemu;
+#[path = "common/runc.rs"]
+mod runc;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -43,11 +55,12 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, Criterion, SamplingMode};
+use criterion::{Criterion, SamplingMode};
 use hypercontainer::agent_client::{AgentClient, Output as AgentOutput};
 use hypercontainer::host::{detect_kvm, KvmKind};
 use hypercontainer::sandbox::{BootTimings, ImageRef, ImageSource, ImageStore, Sandbox};
 use hypercontainer::vmm::{BlockConfig, VmBuilder};
+use hypercontainer_benches::{median, summary, Groups};
 use hypercontainer_protocol::{Process, Rootfs, Start, Upper};
 
 static STARTS: Mutex<Vec<(Duration, BootTimings)>> = Mutex::new(Vec::new());
@@ -55,6 +68,10 @@ static HOST: Mutex<Vec<(Duration, u64)>> = Mutex::new(Vec::new());
 static PAIRS: Mutex<Vec<(bool, (Duration, BootTimings))>> = Mutex::new(Vec::new());
 static PEER: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
 static PEER_SOLO: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+static RUNC: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
+
+/// The groups of this benchmark, each one job of `cargo xtask bench`.
+const GROUPS: &[&str] = &["host_side", "back_to_back", "alternating", "runc"];
 
 fn image_archive() -> PathBuf {
     if let Some(p) = std::env::var_os("HYPERCONTAINER_TEST_IMAGE").filter(|v| !v.is_empty()) {
@@ -244,47 +261,25 @@ fn qemu_cold_start(p: &PeerInputs) -> Duration {
     took
 }
 
-/// The QEMU peer back to back (criterion), then alternating (sandbox, QEMU
-/// peer) cold starts.
-fn peer_benches(c: &mut Criterion) {
-    let Some(inputs) = peer_inputs() else {
-        eprintln!("qemu_microvm peer: skipped (set HYPERCONTAINER_QEMU)");
-        return;
-    };
-    let pairs: usize = std::env::var("HYPERCONTAINER_COLD_PAIRS")
+fn pairs_env(name: &str) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    // Warm QEMU's binary and the page cache.
-    qemu_cold_start(&inputs);
-    // Back to back, as the sandbox group above.
-    let mut g = c.benchmark_group("qemu_microvm");
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(40));
-    g.bench_function("spawn_to_first_stdout_byte", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    let d = qemu_cold_start(&inputs);
-                    PEER_SOLO.lock().unwrap().push(d);
-                    d
-                })
-                .sum()
-        })
-    });
-    g.finish();
-    for _ in 0..pairs {
-        let (ours, _) = cold_start(share_kernel());
-        let peer = qemu_cold_start(&inputs);
-        PEER.lock().unwrap().push((ours, peer));
-    }
+        .unwrap_or(8)
 }
 
-fn sandbox_benches(c: &mut Criterion) {
-    if detect_kvm() != KvmKind::Hardware {
-        eprintln!("sandbox/start_to_first_stdout_byte: skipped (needs hardware KVM)");
+/// Whether a sandbox can boot here; says why not.
+fn can_boot(group: &str) -> bool {
+    let ok = detect_kvm() == KvmKind::Hardware;
+    if !ok {
+        eprintln!("{group}: skipped (needs hardware KVM)");
+    }
+    ok
+}
+
+/// The sandbox back to back (criterion), then the QEMU peer the same way.
+fn back_to_back(c: &mut Criterion) {
+    if !can_boot("back_to_back") {
         return;
     }
     // Warm the image store, the agent initramfs and the page cache.
@@ -306,19 +301,78 @@ fn sandbox_benches(c: &mut Criterion) {
         })
     });
     g.finish();
+    let Some(inputs) = peer_inputs() else {
+        eprintln!("qemu_microvm peer: skipped (set HYPERCONTAINER_QEMU)");
+        return;
+    };
+    // Warm QEMU's binary and the page cache.
+    qemu_cold_start(&inputs);
+    let mut g = c.benchmark_group("qemu_microvm");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(40));
+    g.bench_function("spawn_to_first_stdout_byte", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let d = qemu_cold_start(&inputs);
+                    PEER_SOLO.lock().unwrap().push(d);
+                    d
+                })
+                .sum()
+        })
+    });
+    g.finish();
+}
 
-    // Copying against sharing kernel pages, alternating starts in this one
-    // host so that both see the same conditions.
-    let pairs: usize = std::env::var("HYPERCONTAINER_SHARE_PAIRS")
+/// Alternating (sandbox, QEMU peer) cold starts, and sandbox starts that
+/// copy against share the kernel's pages.
+fn alternating() {
+    if !can_boot("alternating") {
+        return;
+    }
+    cold_start(share_kernel());
+    for _ in 0..std::env::var("HYPERCONTAINER_SHARE_PAIRS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    for _ in 0..pairs {
+        .unwrap_or(0)
+    {
         for share in [false, true] {
             PAIRS.lock().unwrap().push((share, cold_start(share)));
         }
     }
-    peer_benches(c);
+    let Some(inputs) = peer_inputs() else {
+        eprintln!("qemu_microvm peer: skipped (set HYPERCONTAINER_QEMU)");
+        return;
+    };
+    qemu_cold_start(&inputs);
+    for _ in 0..pairs_env("HYPERCONTAINER_COLD_PAIRS") {
+        let (ours, _) = cold_start(share_kernel());
+        let peer = qemu_cold_start(&inputs);
+        PEER.lock().unwrap().push((ours, peer));
+    }
+}
+
+/// Alternating (sandbox, `runc run`) cold starts of the same image.
+fn runc_pairs() {
+    if !can_boot("runc") {
+        return;
+    }
+    let peer = match runc::Runc::new(&image_archive(), "test", &["echo", "hi"]) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("runc peer: skipped ({e})");
+            return;
+        }
+    };
+    cold_start(share_kernel());
+    peer.cold_start();
+    for _ in 0..pairs_env("HYPERCONTAINER_RUNC_PAIRS") {
+        let (ours, _) = cold_start(share_kernel());
+        let theirs = peer.cold_start();
+        RUNC.lock().unwrap().push((ours, theirs));
+    }
 }
 
 /// The host-side part of a start, up to the first `KVM_RUN`, and the VMM's
@@ -376,11 +430,6 @@ fn host_side_benches(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {
@@ -443,16 +492,14 @@ fn print_starts(label: &str, starts: &[(Duration, BootTimings)]) {
     }
 }
 
-/// Prints the medians of sandbox and QEMU-peer cold starts and their ratio.
-fn print_peer_ratio(order: &str, ours: Vec<Duration>, qemu: Vec<Duration>) {
-    let (n_ours, n_qemu) = (ours.len(), qemu.len());
-    let (ours, qemu) = (median(ours), median(qemu));
-    println!(
-        "{order}, {n_ours} and {n_qemu} starts: start to first stdout byte, sandbox median {}, \
-         same guest stack under QEMU microvm median {}; ratio {:.2}",
-        ms(ours),
-        ms(qemu),
-        ours.as_secs_f64() / qemu.as_secs_f64()
+/// Prints the summary line of sandbox against peer cold starts.
+fn print_peer_ratio(order: &str, peer: &str, ours: Vec<Duration>, theirs: Vec<Duration>) {
+    let ms = |v: &Vec<Duration>| median(v.clone()).as_secs_f64() * 1e3;
+    summary(
+        &format!("cold start, {order}: start() (peer: spawn) to first stdout byte of echo hi"),
+        (ms(&ours), ours.len()),
+        (peer, ms(&theirs), theirs.len()),
+        "ms",
     );
 }
 
@@ -480,6 +527,7 @@ fn report() {
     if !solo.is_empty() && !starts.is_empty() {
         print_peer_ratio(
             "back to back",
+            "QEMU microvm",
             starts.iter().map(|(d, _)| *d).collect(),
             solo,
         );
@@ -488,8 +536,18 @@ fn report() {
     if !peer.is_empty() {
         print_peer_ratio(
             "alternating pairs",
+            "QEMU microvm",
             peer.iter().map(|(o, _)| *o).collect(),
             peer.iter().map(|(_, q)| *q).collect(),
+        );
+    }
+    let runc = RUNC.lock().unwrap().clone();
+    if !runc.is_empty() {
+        print_peer_ratio(
+            "alternating pairs",
+            "runc run",
+            runc.iter().map(|(o, _)| *o).collect(),
+            runc.iter().map(|(_, r)| *r).collect(),
         );
     }
     let host = HOST.lock().unwrap().clone();
@@ -506,10 +564,21 @@ fn report() {
     }
 }
 
-criterion_group!(benches, host_side_benches, sandbox_benches);
-
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let groups = Groups::declare(GROUPS);
+    let mut c = Criterion::default().configure_from_args();
+    if groups.enabled("host_side") {
+        host_side_benches(&mut c);
+    }
+    if groups.enabled("back_to_back") {
+        back_to_back(&mut c);
+    }
+    if groups.enabled("alternating") {
+        alternating();
+    }
+    if groups.enabled("runc") {
+        runc_pairs();
+    }
+    c.final_summary();
     report();
 }

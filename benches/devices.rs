@@ -588,6 +588,8 @@ fn summary() {
 criterion_group!(devices, benches);
 
 fn main() {
+    // One job of `cargo xtask bench`: no groups of its own.
+    hypercontainer_benches::Groups::declare(&[]);
     devices();
     Criterion::default().configure_from_args().final_summary();
     summary();

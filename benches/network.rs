@@ -299,6 +299,8 @@ fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
 }
 
 fn main() {
+    // One job of `cargo xtask bench`: no groups of its own.
+    hypercontainer_benches::Groups::declare(&[]);
     if detect_kvm() != KvmKind::Hardware {
         eprintln!(
             "network bench skipped: needs hardware KVM (run it with cargo xtask bench network)"

@@ -409,6 +409,8 @@ fn summary() {
 criterion_group!(fs_benches, benches);
 
 fn main() {
+    // One job of `cargo xtask bench`: no groups of its own.
+    hypercontainer_benches::Groups::declare(&[]);
     fs_benches();
     Criterion::default().configure_from_args().final_summary();
     summary();

@@ -72,6 +72,41 @@ fn build(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// The variable that picks one group of a benchmark binary (see the
+/// `hypercontainer-benches` crate docs).
+const GROUP_ENV: &str = "HYPERCONTAINER_BENCH_ONLY";
+
+/// The groups a benchmark binary declares (`--groups`), if it declares
+/// any; asked natively, where it answers before touching anything.
+fn groups(exe: &std::path::Path) -> Option<Vec<String>> {
+    let out = std::process::Command::new(exe)
+        .arg("--groups")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    parse_groups(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_groups(stdout: &str) -> Option<Vec<String>> {
+    let line = stdout.lines().find_map(|l| l.strip_prefix("groups: "))?;
+    let g: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    (!g.is_empty()).then_some(g)
+}
+
+/// Every `summary:` line of the jobs' output, each with its job's name.
+fn summary_lines<'a>(jobs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, output) in jobs {
+        for l in output.lines() {
+            if let Some(rest) = l.trim_start().strip_prefix("summary: ") {
+                out.push(format!("summary [{name}]: {rest}"));
+            }
+        }
+    }
+    out
+}
+
 /// `cargo xtask bench`.
 pub fn cmd(args: &[String]) -> Result<()> {
     let (names, bench_args) = match args.iter().position(|a| a == "--") {
@@ -99,12 +134,26 @@ pub fn cmd(args: &[String]) -> Result<()> {
         let extra = crate::util::repo_root().join(FS_FRAGMENT);
         kernels.push((FS_KERNEL_ENV, crate::kernel::ensure_with(&extra)?.vmlinux));
     }
-    let jobs: Vec<Job> = benches
-        .iter()
-        .map(|(name, exe)| Job::new(name, exe).arg("--bench").args(bench_args))
-        .collect();
+    let mut jobs: Vec<Job> = Vec::new();
+    for (name, exe) in &benches {
+        match groups(exe) {
+            // One job per group: a lockup costs only the group it hit.
+            Some(groups) => {
+                for g in groups {
+                    jobs.push(
+                        Job::new(format!("{name}/{g}"), exe)
+                            .arg("--bench")
+                            .args(bench_args)
+                            .env(GROUP_ENV, &g),
+                    );
+                }
+            }
+            None => jobs.push(Job::new(name, exe).arg("--bench").args(bench_args)),
+        }
+    }
     // A benchmark whose emulated host locks up runs again in a fresh one.
-    let report = crate::wholevm::resuming(&jobs, |rest| {
+    // A group that locks the host up twice fails the run, named.
+    let report = crate::wholevm::resuming(&jobs, 1, |rest| {
         let mut builder = crate::wholevm::with_test_tools(
             TestHost::builder()
                 .mode(mode.clone())
@@ -138,6 +187,18 @@ pub fn cmd(args: &[String]) -> Result<()> {
     if let Some(b) = report.host_boot {
         eprintln!("(emulated KVM host booted in {:.1}s)", b.as_secs_f64());
     }
+    let summaries = summary_lines(
+        report
+            .jobs
+            .iter()
+            .map(|j| (j.name.as_str(), j.output.as_str())),
+    );
+    if !summaries.is_empty() {
+        eprintln!("\nsummary of every comparison:");
+        for l in summaries {
+            println!("{l}");
+        }
+    }
     let failed: Vec<&str> = report
         .jobs
         .iter()
@@ -148,4 +209,33 @@ pub fn cmd(args: &[String]) -> Result<()> {
         return fail(format!("benchmarks failed: {}", failed.join(", ")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_and_summaries_are_read_from_the_output() {
+        assert_eq!(
+            parse_groups("noise\ngroups: a b\n"),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(parse_groups("criterion output\n"), None);
+        assert_eq!(parse_groups("groups: \n"), None);
+        let jobs = [
+            (
+                "cold_start/runc",
+                "x\nsummary: cold start: ours 1 ms\n  summary: two\n",
+            ),
+            ("boot", "nothing\n"),
+        ];
+        assert_eq!(
+            summary_lines(jobs.into_iter()),
+            [
+                "summary [cold_start/runc]: cold start: ours 1 ms",
+                "summary [cold_start/runc]: two"
+            ]
+        );
+    }
 }

@@ -37,6 +37,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "passt",
     "iproute2",
     "containernetworking-plugins",
+    // the cold-start benchmark's container peer (`runc run`)
+    "runc",
     // HTTPS to crates.io for the fuzz workspace (which has no lock file of
     // its own) and to the registries; a bare Debian has no CA bundle
     "ca-certificates",

@@ -99,7 +99,8 @@ const TOOL_FILES: &[&str] = &["/etc/mke2fs.conf", "/etc/passwd", "/etc/group"];
 /// network tests passt, which runs `passt.avx2` where the CPU has AVX2,
 /// iproute2's `ip` and `tc`, and the CNI plugins of Debian's
 /// `containernetworking-plugins`; the file-sharing benchmark runs QEMU's C
-/// virtiofsd as a peer and `mkfs.erofs` for its block reference).
+/// virtiofsd as a peer and `mkfs.erofs` for its block reference, the
+/// cold-start benchmark `runc`).
 const OPTIONAL_TOOLS: &[&str] = &[
     "/usr/bin/docker-registry",
     "/usr/bin/passt",
@@ -111,6 +112,7 @@ const OPTIONAL_TOOLS: &[&str] = &[
     "/usr/lib/cni/loopback",
     hypercontainer_testhost::share::VIRTIOFSD,
     "/usr/bin/mkfs.erofs",
+    "/usr/sbin/runc",
 ];
 
 /// Static programs the whole-VM tests put into their guests, built from C
@@ -177,7 +179,7 @@ pub fn run(mode: Mode, kernel: &BuiltKernel, binaries: &[TestBinary]) -> Result<
                 .timeout(JOB_TIMEOUT)
         })
         .collect();
-    resuming(&jobs, |rest| {
+    resuming(&jobs, LOCKUP_RETRIES, |rest| {
         let mut builder = with_test_tools(
             TestHost::builder()
                 .mode(mode.clone())
@@ -230,10 +232,13 @@ fn without_debug_info(exe: &Path) -> PathBuf {
 /// emulator failure, not a job's hang, which its timeout catches while the
 /// heartbeat goes on), the jobs that had finished keep their results and
 /// the rest run again in a fresh emulated host, starting with the one that
-/// was running, saying so. A job that locks up the host
-/// [`LOCKUP_RETRIES`] + 1 times fails the run with its name.
+/// was running, saying so. A job that locks up the host `retries` + 1
+/// times fails the run with its name ([`LOCKUP_RETRIES`] for tests; a
+/// benchmark group gets one retry, so that its numbers come from at most
+/// two hosts).
 pub fn resuming(
     jobs: &[Job],
+    retries: u32,
     mut run_some: impl FnMut(&[Job]) -> Result<Report>,
 ) -> Result<Report> {
     let mut done: Vec<hypercontainer_testhost::JobResult> = Vec::new();
@@ -267,7 +272,7 @@ pub fn resuming(
                         completed: Vec::new(),
                     },
                 );
-                if *n > LOCKUP_RETRIES {
+                if *n > retries {
                     return crate::util::fail(format!(
                         "{stuck} locked up the emulated host {n} times; the last time: {}",
                         crate::util::report(&err)
@@ -278,7 +283,7 @@ pub fn resuming(
                      allowed); keeping the {} finished jobs and running the other {} in a fresh \
                      emulated host",
                     crate::util::report(&err),
-                    LOCKUP_RETRIES,
+                    retries,
                     done.len(),
                     jobs.len() - done.len(),
                 );
@@ -296,7 +301,7 @@ pub fn resuming(
 
 /// How many times one job may lock up the emulated host before
 /// the run fails.
-const LOCKUP_RETRIES: u32 = 2;
+pub const LOCKUP_RETRIES: u32 = 2;
 
 /// CPUs of the emulated host: `HYPERCONTAINER_TESTHOST_CPUS`, else 1.
 fn testhost_cpus() -> u32 {
@@ -397,7 +402,7 @@ mod tests {
             Job::new("c", "/c"),
         ];
         let mut calls: Vec<Vec<String>> = Vec::new();
-        let rep = resuming(&jobs, |rest| {
+        let rep = resuming(&jobs, LOCKUP_RETRIES, |rest| {
             calls.push(rest.iter().map(|j| j.name().to_string()).collect());
             match calls.len() {
                 1 => Err(lockup(vec![result("a")])),
@@ -414,7 +419,7 @@ mod tests {
     fn a_job_that_keeps_locking_up_the_host_fails_with_its_name() {
         let jobs = [Job::new("a", "/a"), Job::new("b", "/b")];
         let mut calls = 0;
-        let err = resuming(&jobs, |rest| {
+        let err = resuming(&jobs, LOCKUP_RETRIES, |rest| {
             calls += 1;
             match rest.len() {
                 2 => Err(lockup(vec![result("a")])),
