@@ -137,8 +137,9 @@ pub use pod::{ContainerId, ContainerStats, Create, Setup, Start};
 /// addresses and routes; 6: pods, [`Message::Setup`] once and a
 /// [`Message::Create`] per container, [`Message::Exec`] names its
 /// container, [`Message::Remove`] and [`Message::Shutdown`]; 7:
-/// [`Rootfs::Overlay`] takes several lower directories, [`Message::Stats`]).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// [`Rootfs::Overlay`] takes several lower directories, [`Message::Stats`];
+/// 8: [`Create::hosts`]).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The most lower directories of a [`Rootfs::Overlay`].
 pub const MAX_LOWERS: usize = 128;

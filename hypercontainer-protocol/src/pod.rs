@@ -48,7 +48,8 @@ pub struct Setup {
 ///
 /// Wire, in order: `container: u32`, `id: u32`, `ends_pod: bool`,
 /// `rootfs: Rootfs`, `shares: [string]`, `process: Process`, `spec:
-/// string` (the OCI runtime spec as JSON, `config.json`'s format).
+/// string` (the OCI runtime spec as JSON, `config.json`'s format),
+/// `hosts: option<string>`.
 ///
 /// Answered by [`Message::Started`] for `id`, or by [`Message::Error`] with
 /// `id` and then [`Message::Exited`]. A container id already used is an
@@ -92,6 +93,10 @@ pub struct Create {
     /// network boundary, shared by the pod's containers).
     /// [`crate::bare_spec`] confines nothing.
     pub spec: crate::oci::Spec,
+    /// Contents of this container's `/etc/hosts`, in place of
+    /// [`Setup::hosts`] (e.g. with the names of the pod's other containers,
+    /// as Docker's links add them); `None` takes the pod's.
+    pub hosts: Option<String>,
 }
 
 /// A one-container sandbox: the pod's [`Setup`] and its only container,
@@ -141,6 +146,7 @@ impl Start {
             shares: Vec::new(),
             process: self.process,
             spec: self.spec,
+            hosts: None,
         };
         [
             Message::Setup(Box::new(setup)),

@@ -312,6 +312,7 @@ fn create(
         shares: Vec::new(),
         process: s.process,
         spec: s.spec,
+        hosts: None,
     }
 }
 

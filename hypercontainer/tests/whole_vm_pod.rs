@@ -119,7 +119,7 @@ fn containers_of_two_images_share_a_pod_and_come_and_go() {
         .create(
             sh(
                 second.clone(),
-                "cat /etc/second-image; hostname; grep peer /etc/hosts; \
+                "cat /etc/second-image; hostname; grep peer /etc/hosts; grep -w web /etc/hosts; \
                  for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://localhost:8080/ && break; \
                  sleep 1; done; exit 3",
             )
@@ -132,7 +132,7 @@ fn containers_of_two_images_share_a_pod_and_come_and_go() {
     assert_eq!(wait_ok(&late), 3, "{out}");
     assert_eq!(
         out,
-        "second-image-file\npodtest\n10.1.2.3\tpeer\nhello-from-web\n"
+        "second-image-file\npodtest\n10.1.2.3\tpeer\n127.0.0.1\tweb\nhello-from-web\n"
     );
 
     // The others run on; exec into each running one, not the ended one.

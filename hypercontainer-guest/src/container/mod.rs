@@ -140,7 +140,7 @@ impl Container {
             let root = rootfs::prepare(&c.rootfs, &work).map_err(Error::Rootfs)?;
             let etc = mounts::EtcFiles {
                 hostname: pod.hostname.clone(),
-                hosts: pod.hosts.clone(),
+                hosts: c.hosts.clone().or_else(|| pod.hosts.clone()),
                 resolv_conf: pod.resolv_conf.clone(),
             };
             let plan = mounts::RootPlan::from_spec(&root, spec, etc).map_err(Error::Mounts)?;

@@ -21,7 +21,8 @@ impl Enc<'_> {
         self.rootfs(&c.rootfs)?;
         self.strs(&c.shares)?;
         self.process(&c.process)?;
-        self.spec(&c.spec)
+        self.spec(&c.spec)?;
+        self.opt_str(&c.hosts)
     }
 
     pub(super) fn container_stats(&mut self, s: &ContainerStats) {
@@ -55,6 +56,7 @@ impl Dec<'_> {
             shares: self.strs("share tags")?,
             process: self.process()?,
             spec: self.spec()?,
+            hosts: self.opt_str("hosts")?,
         })
     }
 

@@ -46,6 +46,7 @@ fn all_messages() -> Vec<Message> {
             // The oci-spec crate's default: mounts, capabilities,
             // namespaces, masked paths, resources.
             spec: crate::oci::Spec::default(),
+            hosts: Some("127.0.0.1\tlocalhost\n127.0.0.1\tweb\n".into()),
         })),
         Message::Setup(Box::new(Setup {
             shares: vec!["vols".into(), "root".into()],
@@ -86,6 +87,7 @@ fn all_messages() -> Vec<Message> {
             shares: vec!["more".into()],
             process: Process::default(),
             spec: crate::bare_spec(),
+            hosts: None,
         })),
         Message::Create(Box::new(Create {
             container: 3,
@@ -101,6 +103,7 @@ fn all_messages() -> Vec<Message> {
             shares: Vec::new(),
             process: Process::default(),
             spec: crate::bare_spec(),
+            hosts: None,
         })),
         Message::Exec {
             id: 7,
@@ -410,11 +413,13 @@ fn a_spec_that_is_not_an_oci_spec_is_rejected() {
         shares: Vec::new(),
         process: Process::default(),
         spec: crate::bare_spec(),
+        hosts: None,
     }))
     .to_frame()
     .unwrap();
     let json = serde_json::to_string(&crate::bare_spec()).unwrap();
-    let head = &good[HEADER_LEN..good.len() - 4 - json.len()];
+    // The spec, then `hosts` (one byte: none).
+    let head = &good[HEADER_LEN..good.len() - 1 - 4 - json.len()];
     for bad in [
         "",
         "{",
@@ -425,6 +430,7 @@ fn a_spec_that_is_not_an_oci_spec_is_rejected() {
         let mut payload = head[1..].to_vec();
         payload.extend_from_slice(&(bad.len() as u32).to_le_bytes());
         payload.extend_from_slice(bad.as_bytes());
+        payload.push(0);
         assert!(
             matches!(
                 decode_frame(&frame_of(code::CREATE, &payload)),

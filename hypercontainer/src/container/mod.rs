@@ -164,6 +164,7 @@ fn prepare(
         .as_deref()
         .and_then(parse_signal)
         .unwrap_or(libc::SIGTERM);
+    let hosts = pod.hosts.as_ref().map(|base| with_names(base, pod));
     log::debug!("pod {}: container {id} ({name}) prepared", pod.id);
     Ok((
         Create {
@@ -174,9 +175,24 @@ fn prepare(
             shares: Vec::new(),
             process,
             spec: oci_spec,
+            hosts,
         },
         stop_signal,
     ))
+}
+
+/// The pod's `/etc/hosts` with a line `127.0.0.1 NAME` for every container
+/// of the pod so far (this one included), in the order they were created:
+/// a container reaches the ones before it by name, as Docker's links do.
+fn with_names(base: &str, pod: &PodInner) -> String {
+    let st = lock(&pod.state);
+    let mut names: Vec<(&u32, &String)> = st.names.iter().map(|(n, id)| (id, n)).collect();
+    names.sort();
+    let mut out = base.to_string();
+    for (_, name) in names {
+        out.push_str(&format!("127.0.0.1\t{name}\n"));
+    }
+    out
 }
 
 /// The pod's containers share its IPC namespace, and its PID namespace

@@ -103,7 +103,7 @@ pub(super) fn start(mut b: PodBuilder) -> Result<Pod> {
     client
         .setup(Setup {
             hostname: hostname.clone(),
-            hosts,
+            hosts: hosts.clone(),
             resolv_conf: (!dns.is_empty()).then(|| network::resolv_conf(&dns)),
             network: built.interfaces,
             shares: pod_shares.device.iter().map(|d| d.tag.clone()).collect(),
@@ -117,6 +117,7 @@ pub(super) fn start(mut b: PodBuilder) -> Result<Pod> {
     let inner = PodInner {
         id,
         hostname,
+        hosts,
         share_pid: b.share_pid,
         client,
         vm,

@@ -127,13 +127,14 @@ impl PodBuilder {
     }
 
     /// Adds a line `IP NAME` to every container's `/etc/hosts` (`docker run
-    /// --add-host`, and how Docker-style links name peers: a peer in
-    /// another pod by its address, a container of this pod as
-    /// `127.0.0.1`, since the pod's containers share one network).
+    /// --add-host`; a peer outside the pod by its address).
     ///
     /// Every container of a pod gets the pod's `/etc/hosts`: `localhost`
     /// (IPv4 and IPv6), the pod's host name on its first address (or
-    /// `127.0.1.1` without a NIC), then these entries in order.
+    /// `127.0.1.1` without a NIC), these entries in order, then
+    /// `127.0.0.1 NAME` for each container of the pod created before it
+    /// and itself: the containers share one network, so a container
+    /// reaches the earlier ones by name, as Docker's links do.
     pub fn add_host(mut self, name: impl Into<String>, ip: IpAddr) -> Self {
         self.hosts.push((name.into(), ip));
         self

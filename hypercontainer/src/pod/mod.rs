@@ -128,6 +128,8 @@ pub(crate) struct PodState {
 pub(crate) struct PodInner {
     pub(crate) id: String,
     pub(crate) hostname: String,
+    /// The pod's `/etc/hosts`, when it writes one.
+    pub(crate) hosts: Option<String>,
     pub(crate) share_pid: bool,
     pub(crate) client: AgentClient,
     pub(crate) vm: Arc<Mutex<Vm>>,
