@@ -15,6 +15,10 @@
 //! process's output, forwards stdin and signals, runs more processes
 //! ([`Sandbox::exec`]) and reports the exit status.
 //!
+//! A sandbox is a [`Pod`](crate::pod) of one container whose end ends the
+//! VM: [`Sandbox::pod`] and [`Sandbox::container`] give the two, for what
+//! only they offer.
+//!
 //! ```no_run
 //! use std::io::Read;
 //! use hypercontainer::sandbox::Sandbox;
