@@ -1,5 +1,6 @@
-//! `cargo xtask bench [NAME...] [-- ARGS]`: runs the criterion benchmarks of the
-//! `hypercontainer-benches` package (all, or the named `[[bench]]` targets)
+//! `cargo xtask bench [NAME[/GROUP]...] [-- ARGS]`: runs the benchmarks of the
+//! `hypercontainer-benches` package (all, or the named `[[bench]]` targets,
+//! or only some groups of one: `cold_start/runc`)
 //! where a guest can boot: directly on hardware KVM, inside the emulated KVM
 //! host elsewhere, with the same inputs as the whole-VM tests (guest kernel,
 //! busybox, QEMU, guest helpers). `ARGS` go to each benchmark binary (a
@@ -36,7 +37,7 @@ fn build(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = cargo();
     cmd.args(["bench", "--package", PACKAGE, "--no-run"]);
     for n in names {
-        cmd.args(["--bench", n]);
+        cmd.args(["--bench", n.split('/').next().unwrap_or(n)]);
     }
     let mut child = cmd
         .arg("--message-format=json-render-diagnostics")
@@ -139,7 +140,15 @@ pub fn cmd(args: &[String]) -> Result<()> {
         match groups(exe) {
             // One job per group: a lockup costs only the group it hit.
             Some(groups) => {
+                // `NAME/GROUP` asks for some groups only.
+                let asked: Vec<&str> = names
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(&format!("{name}/")))
+                    .collect();
                 for g in groups {
+                    if !asked.is_empty() && !asked.contains(&g.as_str()) {
+                        continue;
+                    }
                     jobs.push(
                         Job::new(format!("{name}/{g}"), exe)
                             .arg("--bench")
