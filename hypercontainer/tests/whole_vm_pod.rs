@@ -256,27 +256,40 @@ fn fifty_containers_one_after_another_leave_nothing_behind() {
         assert_eq!(wait_ok(&c), 0);
         c.remove().unwrap();
     };
-    // Warm up: the first container mounts the shared layers.
-    run(0);
+    // Warm up: the first container mounts the shared layers. The guest's
+    // free memory also drops once by about 4 MiB in the containers that
+    // follow the first drop of its caches (a one-time kernel effect:
+    // measured flat from then on, over 40 more containers), so the
+    // baseline is taken after that.
+    for i in 0..10 {
+        run(i);
+    }
+    guest_memory(&obs);
+    for i in 10..20 {
+        run(i);
+    }
     let guest_before = guest_view(&obs);
     let (mem_before, diag_before) = guest_memory(&obs);
     let host_before = host_resources();
     let files_before = file_count(dir.path());
 
     let t = Instant::now();
-    for i in 1..=50 {
+    for i in 20..70 {
         run(i);
+        if i % 10 == 9 {
+            eprintln!("after {i}: MemAvailable {} KiB", guest_memory(&obs).0);
+        }
     }
     eprintln!("50 containers created, run and removed: {:?}", t.elapsed());
 
     assert_eq!(guest_view(&obs), guest_before, "guest mounts and cgroups");
     let (mem_after, diag_after) = guest_memory(&obs);
     eprintln!("guest memory before: {diag_before}\nguest memory after: {diag_after}");
-    // Measured: about 0.7 MiB less over 50 containers (the agent's heap
-    // and kernel slabs); a leak of the containers' roots or memory would be
-    // tens of MiB.
+    // Measured after the warm-up: 72 KiB less over the 50 (the agent's
+    // heap); a leak of the containers' roots or memory would be several
+    // MiB.
     assert!(
-        mem_after + 4096 >= mem_before,
+        mem_after + 1024 >= mem_before,
         "guest memory available fell from {mem_before} to {mem_after} KiB"
     );
     assert_eq!(host_resources(), host_before, "host (fds, threads)");
